@@ -1,0 +1,108 @@
+"""RLSD (RLVR with Self-Distillation, arXiv 2604.03128) as pure tensor functions.
+
+The steps, in the paper's order (numbers as in DESIGN.md):
+  3. group_advantages       A_i   = (r_i - mean(r)) / (std(r) + eps)        per group of G
+  -  token_logprobs         log p(y_t) from logits, at the sampling temperature
+  7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)
+  5-8. rlsd_token_advantages Â_t  = A_i * ((1 - lam) + lam * clip(exp(sign(A_i) * Delta_t), 1 - eps_w, 1 + eps_w))
+  9. policy_loss            PPO clipped surrogate, token mean over the global batch
+
+Shapes: N responses, T response tokens (right-padded). `mask` is 1 on real response tokens (EOS
+included) and 0 on padding. No I/O, no models, no ranks: copy this file into any trainer.
+"""
+import math
+
+import torch
+
+
+def group_advantages(rewards, group_size, eps=1e-6):
+    """A_i = (r_i - mean_g(r)) / (std_g(r) + eps), over the G = group_size responses of a prompt.
+
+    rewards: [N] with the G responses of each prompt consecutive (N = num_prompts * G).
+    std is unbiased (torch.std); a group whose rewards are all equal gets A = 0 exactly.
+    Returns [N] float32.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (unbiased std of one sample is undefined), got {group_size}")
+    r = rewards.float().view(-1, group_size)  # [P, G]
+    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + eps)
+    return adv.view(-1)  # [N]
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """log p(tokens) = log_softmax(logits / temperature)[tokens], computed in float32 or wider.
+
+    logits: [N, T, V] where logits[:, t] predicts tokens[:, t]; tokens: [N, T] -> [N, T].
+    Use the sampling temperature everywhere (rollout, old/new policy, teacher).
+    """
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # [N, T, V]
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    return picked - torch.logsumexp(logits, dim=-1)  # [N, T]
+
+
+def lam_schedule(step, lam0=0.5, decay_steps=50):
+    """lam(step) = lam0 * max(0, 1 - step / decay_steps): linear from lam0 at step 0 to 0 at decay_steps.
+
+    After the decay RLSD is plain GRPO. decay_steps <= 0 means lam = 0 from the start.
+    """
+    if decay_steps <= 0:
+        return 0.0
+    return lam0 * max(0.0, 1.0 - step / decay_steps)
+
+
+def rlsd_token_advantages(adv, logp_teacher, logp_student, mask, lam, eps_w=0.2):
+    """Direction-aware, teacher-weighted token advantages (steps 5-8).
+
+        Delta_t = logp_T[t] - logp_S[t]                       privileged information gain (no grad)
+        w_t     = exp(sign(A_i) * Delta_t)                     evidence weight, always > 0
+        wbar_t  = (1 - lam) + lam * clip(w_t, 1 - eps_w, 1 + eps_w)
+        Â_t     = A_i * wbar_t
+
+    adv: [N]; logp_teacher, logp_student, mask: [N, T]. The clip is applied in log space, which is
+    the same function and cannot overflow. lam = 0 gives exactly A_i on every token (GRPO).
+    Returns (token_adv [N, T] zero on padding, diagnostics dict of floats over real tokens;
+    the clip fractions count the tokens of responses with A != 0, the only ones a weight can change).
+    """
+    mask = mask.float()
+    delta = (logp_teacher - logp_student).detach().float() * mask  # [N, T]
+    sign = torch.sign(adv).unsqueeze(1)  # [N, 1]
+    log_w = sign * delta  # [N, T]
+    w_clipped = log_w.clamp(math.log(1 - eps_w), math.log(1 + eps_w)).exp()  # [N, T]
+    w_bar = (1 - lam) + lam * w_clipped  # [N, T]
+    token_adv = adv.unsqueeze(1) * w_bar * mask  # [N, T]
+
+    n = mask.sum().clamp(min=1)
+    weighted = mask * (sign != 0)  # tokens whose weight matters
+    nw = weighted.sum().clamp(min=1)
+    stats = {
+        "delta_mean": (delta.sum() / n).item(),
+        "w_mean": (w_clipped * mask).sum().item() / n.item(),
+        "w_clip_low_frac": ((log_w < math.log(1 - eps_w)).float() * weighted).sum().item() / nw.item(),
+        "w_clip_high_frac": ((log_w > math.log(1 + eps_w)).float() * weighted).sum().item() / nw.item(),
+    }
+    return token_adv, stats
+
+
+def policy_loss(logp, logp_old, token_adv, mask, clip_low=0.2, clip_high=0.28, num_tokens=None):
+    """PPO/GRPO clipped surrogate, summed over tokens and divided by the global token count:
+
+        rho_t = exp(logp_t - logp_old_t)
+        loss  = - sum_t mask_t * min(rho_t Â_t, clip(rho_t, 1 - clip_low, 1 + clip_high) Â_t) / num_tokens
+
+    logp: [N, T] with grad; logp_old, token_adv, mask: [N, T]. num_tokens is the count of response
+    tokens in the whole step (all ranks, all micro-batches), so summing micro-batch losses over ranks
+    gives the global token mean; it defaults to mask.sum(). No KL, no entropy bonus. The log-ratio is
+    clamped to [-20, 20] so that a wild token gives a large finite value, not inf.
+    Returns (loss scalar, diagnostics dict of floats).
+    """
+    mask = mask.float()
+    if num_tokens is None:
+        num_tokens = mask.sum().clamp(min=1)
+    ratio = torch.exp((logp - logp_old.detach()).clamp(-20, 20))  # [N, T]
+    surr = ratio * token_adv  # [N, T]
+    surr_clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv  # [N, T]
+    loss = -(torch.minimum(surr, surr_clipped) * mask).sum() / num_tokens
+    n = mask.sum().clamp(min=1).item()
+    stats = {"ratio_clip_frac": ((surr_clipped < surr).float() * mask).sum().item() / n,
+             "ratio_mean": (ratio.detach() * mask).sum().item() / n}
+    return loss, stats

@@ -1,0 +1,380 @@
+"""Tests: python -m pytest -q test_rlsd.py   (CPU only, no network, a few minutes on 2 cores)."""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from argparse import Namespace
+
+import pytest
+import torch
+
+import rlsd
+import sample
+import train
+import verify
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def tiny_model(kind="qwen2", vocab=32, seed=0, dtype=torch.float64):
+    """Qwen2 (rotary positions) or GPT-2 (learned absolute positions: wrong position ids under left
+    padding change its outputs by far more than rounding, so the padding tests can catch them)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                          bos_token_id=1, eos_token_id=2)).to(dtype).eval()
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return Qwen2ForCausalLM(cfg).to(dtype).eval()
+
+
+KINDS = pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
+
+
+# ----------------------------------------------------------------------------- rlsd.py formulas
+def test_group_advantages_matches_python_and_identical_group_is_zero():
+    rewards = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    got = rlsd.group_advantages(torch.tensor(rewards), 4)
+    for g in range(3):
+        r = rewards[4 * g:4 * g + 4]
+        mean, std = statistics.mean(r), statistics.stdev(r)  # stdev is the unbiased one
+        for i in range(4):
+            assert got[4 * g + i].item() == pytest.approx((r[i] - mean) / (std + 1e-6), abs=1e-6)
+    assert torch.isfinite(got).all() and (got[8:] == 0).all()  # third group all 1 -> A = 0
+    with pytest.raises(ValueError):
+        rlsd.group_advantages(torch.ones(4), 1)
+
+
+def test_token_logprobs_matches_python():
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(2, 3, 5), torch.randint(0, 5, (2, 3))
+    got = rlsd.token_logprobs(logits, tokens, temperature=0.7)
+    for n in range(2):
+        for t in range(3):
+            z = [v / 0.7 for v in logits[n, t].tolist()]
+            lse = math.log(sum(math.exp(v) for v in z))
+            assert got[n, t].item() == pytest.approx(z[tokens[n, t]] - lse, abs=1e-5)
+
+
+def test_lam_schedule():
+    assert rlsd.lam_schedule(0) == 0.5
+    assert rlsd.lam_schedule(25) == pytest.approx(0.25)
+    assert rlsd.lam_schedule(50) == 0.0 and rlsd.lam_schedule(80) == 0.0
+    assert rlsd.lam_schedule(5, lam0=1.0, decay_steps=10) == pytest.approx(0.5)
+
+
+def test_rlsd_token_advantages_matches_python():
+    torch.manual_seed(1)
+    adv = torch.tensor([1.5, -0.5, 0.0])
+    lt, ls = torch.randn(3, 4), torch.randn(3, 4)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    lam, eps = 0.3, 0.2
+    got, stats = rlsd.rlsd_token_advantages(adv, lt, ls, mask, lam, eps)
+    low = high = counted = 0
+    for n in range(3):
+        a = adv[n].item()
+        sgn = (a > 0) - (a < 0)
+        for t in range(4):
+            w = math.exp(sgn * (lt[n, t].item() - ls[n, t].item()))
+            wbar = (1 - lam) + lam * min(max(w, 1 - eps), 1 + eps)
+            want = a * wbar if mask[n, t] else 0.0
+            assert got[n, t].item() == pytest.approx(want, abs=1e-5)
+            if mask[n, t] and sgn != 0:
+                counted += 1
+                low += w < 1 - eps
+                high += w > 1 + eps
+    assert stats["w_clip_low_frac"] == pytest.approx(low / counted)
+    assert stats["w_clip_high_frac"] == pytest.approx(high / counted)
+
+
+def test_lam_zero_is_exactly_grpo_and_huge_delta_stays_finite():
+    adv = torch.tensor([0.7, -1.2])
+    lt = torch.tensor([[500.0, -500.0, 3.0]]).repeat(2, 1)  # exp(500) would overflow
+    ls = torch.zeros(2, 3)
+    mask = torch.ones(2, 3)
+    got, _ = rlsd.rlsd_token_advantages(adv, lt, ls, mask, lam=0.0)
+    assert torch.equal(got, adv[:, None] * mask)
+    got, _ = rlsd.rlsd_token_advantages(adv, lt, ls, mask, lam=1.0)
+    assert torch.isfinite(got).all()
+    assert got[0].tolist() == pytest.approx([0.7 * 1.2, 0.7 * 0.8, 0.7 * 1.2])  # rewarded: teacher-favoured up
+    assert got[1].tolist() == pytest.approx([-1.2 * 0.8, -1.2 * 1.2, -1.2 * 0.8])  # penalised: mirror
+
+
+def test_policy_loss_matches_python():
+    torch.manual_seed(2)
+    logp, old = -torch.rand(2, 3) * 3, -torch.rand(2, 3) * 3
+    adv = torch.randn(2, 3)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    loss, stats = rlsd.policy_loss(logp, old, adv, mask, 0.2, 0.28, num_tokens=10)
+    total = clipped = 0.0
+    for n in range(2):
+        for t in range(3):
+            if mask[n, t]:
+                rho, a = math.exp(logp[n, t] - old[n, t]), adv[n, t].item()
+                c = min(max(rho, 0.8), 1.28)
+                total += min(rho * a, c * a)
+                clipped += c * a < rho * a
+    assert loss.item() == pytest.approx(-total / 10, abs=1e-6)
+    assert stats["ratio_clip_frac"] == pytest.approx(clipped / 5)
+
+
+def test_policy_gradient_at_rho_one():
+    """At rho = 1 the clipped loss has the plain policy gradient -sum(Â grad log p) / N."""
+    torch.manual_seed(3)
+    logits = torch.randn(3, 5, 7, requires_grad=True)
+    tokens, adv = torch.randint(0, 7, (3, 5)), torch.randn(3, 5)
+    mask = torch.ones(3, 5)
+    mask[0, 3:] = 0
+    logp = rlsd.token_logprobs(logits, tokens, temperature=0.6)
+    loss, _ = rlsd.policy_loss(logp, logp.detach(), adv, mask)
+    (g,) = torch.autograd.grad(loss, logits)
+    logp = rlsd.token_logprobs(logits, tokens, temperature=0.6)
+    (g_ref,) = torch.autograd.grad(-(adv * logp * mask).sum() / mask.sum(), logits)
+    torch.testing.assert_close(g, g_ref)
+
+
+def test_micro_batches_give_the_same_gradient():
+    model = tiny_model()
+    torch.manual_seed(4)
+    p_ids, p_mask = sample.left_pad([[1, 2, 3], [4, 5], [6], [7, 8, 9, 10]], 0)
+    resp = torch.randint(1, 32, (4, 5))
+    r_mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1] * 4 + [0]])
+    adv = torch.randn(4, 5) * r_mask
+    with torch.no_grad():
+        old = train.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0) + 0.1 * torch.randn(4, 5)
+    n = r_mask.sum()
+
+    def grads(splits):
+        model.zero_grad()
+        for s in splits:
+            logp = train.response_logprobs(model, p_ids[s], p_mask[s], resp[s], r_mask[s], 1.0)
+            rlsd.policy_loss(logp, old[s], adv[s], r_mask[s], num_tokens=n)[0].backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    for a, b in zip(grads([slice(0, 4)]), grads([slice(0, 1), slice(1, 3), slice(3, 4)])):
+        torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- sample.py
+def test_response_mask_keeps_eos_when_pad_is_eos():
+    ids = torch.tensor([[5, 0, 0, 0], [5, 6, 7, 8], [0, 0, 0, 0]])  # eos = pad = 0
+    assert sample.response_mask(ids, {0}).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+@KINDS
+def test_greedy_kv_cache_equals_hf_generate(kind):
+    model = tiny_model(kind)
+    ids, mask = sample.left_pad([[3, 4, 5, 6], [7, 8], [9, 10, 11]], pad_id=1)
+    resp, rmask, _ = sample.generate(model, ids, mask, 12, eos_ids={2}, pad_id=1, temperature=0)
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                         eos_token_id=2, pad_token_id=1)[:, ids.shape[1]:]
+    assert torch.equal(resp, ref[:, :resp.shape[1]])
+    assert (ref[:, resp.shape[1]:] == 1).all()
+
+
+@KINDS
+def test_prompt_continuation_same_alone_and_in_left_padded_batch(kind):
+    model = tiny_model(kind)
+    prompts = [[3, 4], [5, 6, 7, 8, 9, 10, 11], [12]]
+    ids, mask = sample.left_pad(prompts, pad_id=0)
+    batch, bmask, _ = sample.generate(model, ids, mask, 10, eos_ids={31}, pad_id=0, temperature=0)
+    for i, p in enumerate(prompts):
+        alone, amask, _ = sample.generate(model, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long),
+                                          10, eos_ids={31}, pad_id=0, temperature=0)
+        n = int(amask.sum())
+        assert batch[i, :n].tolist() == alone[0, :n].tolist()
+
+
+@KINDS
+def test_eos_kept_in_generated_mask_when_pad_is_eos(kind):
+    model = tiny_model(kind)
+    ids, mask = sample.left_pad([[3, 4, 5], [6, 7]], pad_id=0)
+    first, _, _ = sample.generate(model, ids, mask, 1, eos_ids={0}, pad_id=0, temperature=0)
+    eos = int(first[0, 0])  # make row 0's first token the EOS, and pad with that same id
+    resp, rmask, _ = sample.generate(model, ids, mask, 6, eos_ids={eos}, pad_id=eos, temperature=0)
+    assert resp[0, 0] == eos and rmask[0].tolist()[:1] == [1] and rmask[0, 1:].sum() == 0
+
+
+@KINDS
+def test_sampler_logprobs_equal_training_forward_and_top_p(kind):
+    model = tiny_model(kind)
+    ids, mask = sample.left_pad([[3, 4, 5, 6], [7, 8], [9]], pad_id=0)
+    gen = torch.Generator().manual_seed(0)
+    resp, rmask, lp = sample.generate(model, ids, mask, 8, eos_ids={2}, pad_id=0, temperature=0.7, generator=gen)
+    again = train.response_logprobs(model, ids, mask, resp, rmask, 0.7)
+    torch.testing.assert_close(again * rmask, lp * rmask)
+    # top_p keeps only the smallest set of tokens reaching p: here just the 0.5 token
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    draws = {int(sample.sample_next(logits, 1.0, 0.4)) for _ in range(50)}
+    assert draws == {0}
+
+
+@KINDS
+def test_teacher_logprobs_read_at_student_response_positions(kind):
+    """The teacher sees a longer prompt; its log-probs must be those of the same response tokens."""
+    model = tiny_model(kind)
+    student = [[3, 4], [5, 6, 7]]
+    teacher = [[3, 4, 20, 21, 22, 23, 24], [5, 6, 7, 25]]
+    resp = torch.tensor([[10, 11, 2, 0], [12, 13, 14, 15]])
+    rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    for prompts in (student, teacher):
+        ids, mask = sample.left_pad(prompts, pad_id=0)
+        got = train.response_logprobs(model, ids, mask, resp, rmask, 1.0)
+        for i, p in enumerate(prompts):
+            n = int(rmask[i].sum())
+            full = torch.tensor([p + resp[i, :n].tolist()])
+            logits = model(input_ids=full).logits[0, len(p) - 1:len(p) - 1 + n]
+            want = torch.log_softmax(logits, -1).gather(-1, resp[i, :n, None])[:, 0]
+            torch.testing.assert_close(got[i, :n], want)
+
+
+# ----------------------------------------------------------------------------- verify.py
+@pytest.mark.parametrize("response,answer,expected", [
+    ("<answer>9</answer>", "9", 1), ("<answer> 9 </answer>", "8", 0), ("so \\boxed{\\frac{1}{2}}", "0.5", 1),
+    ("\\boxed{\\frac{3}{\\sqrt{x}}} then \\boxed{7}", "7", 1), ("<answer>(B)</answer>", "B", 1),
+    ("<answer>1,000</answer>", "1000", 1), ("no answer here 9", "9", 0), ("\\boxed{3", "3", 0),
+    ("<answer></answer>", "", 0), ("<answer>Paris</answer>", "paris", 1), ("<answer>3/4</answer>", "0.75", 1),
+    ("<answer>3/0</answer>", "1", 0), ("<answer>x</answer><answer>5</answer>", "5", 1),
+])
+def test_verify_basic(response, answer, expected):
+    assert verify.reward(response, answer) == expected
+
+
+def test_verify_never_raises_and_stays_fast_on_odd_text():
+    import time
+    for text in ["<answer>" * 100000, "\\boxed{" * 50000, "9" * 1000000, "{" * 10**6 + "}", "\x00\uffff"]:
+        t = time.time()
+        assert verify.reward(text, "9") in (0.0, 1.0)
+        assert time.time() - t < 2.0
+
+
+# ----------------------------------------------------------------------------- train.py: data and errors
+def run_main_expect_error(argv, capsys, monkeypatch, world=1):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit):
+        train.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    return err
+
+
+@pytest.mark.parametrize("lines,needle", [
+    (['{"question": "1+1?", "answer": "2"}', '{"question": "2+2?", "answer": '], "bad.jsonl:2: not valid JSON"),
+    (['{"question": "1+1?", "answer": "2"}', '{"answer": "4"}'], "bad.jsonl:2: missing question"),
+    (['{"problem": "1+1?"}'], "bad.jsonl:1: missing answer"),
+    (['[1, 2]'], "bad.jsonl:1: expected a JSON object"),
+    (['', '  '], "bad.jsonl: no examples"),
+])
+def test_bad_data_names_file_and_line(tmp_path, capsys, monkeypatch, lines, needle):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    err = run_main_expect_error(["--data", str(path)], capsys, monkeypatch)
+    assert needle in err, err
+
+
+def test_bad_flags_fail_before_loading(capsys, monkeypatch):
+    assert "group_size" in run_main_expect_error(["--group_size", "1"], capsys, monkeypatch)
+    err = run_main_expect_error(["--prompts_per_step", "2"], capsys, monkeypatch, world=4)
+    assert "4 processes" in err and "2 prompts" in err
+
+
+def test_jsonl_fields_and_solution_answer(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"problem": "p", "solution": "so \\\\boxed{12}"}\n\n{"prompt": "q", "answer": 3}\n')
+    assert train.load_jsonl(str(path)) == [{"question": "p", "answer": "12"}, {"question": "q", "answer": "3"}]
+
+
+# ----------------------------------------------------------------------------- distributed equivalence
+def _update_worker(rank, world, init_file, out_file, micro_batch):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    tok = train.toy_tokenizer()
+    model = train.toy_model(tok)
+    g = torch.Generator().manual_seed(1)
+    N, P, T = 8, 6, 5  # one global batch, identical on every rank
+    p_ids = torch.randint(1, len(tok), (N, P), generator=g)
+    p_mask = torch.ones(N, P, dtype=torch.long)
+    p_mask[::2, :2] = 0
+    resp = torch.randint(1, len(tok), (N, T), generator=g)
+    r_mask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=g)).long()
+    with torch.no_grad():
+        logp = train.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0)
+    batch = dict(prompt_ids=p_ids, prompt_mask=p_mask, resp=resp, resp_mask=r_mask,
+                 logp_old=logp + 0.3 * torch.randn(N, T, generator=g),  # rho != 1: clipping is active
+                 token_adv=torch.randn(N, T, generator=g) * r_mask)
+    share = N // world
+    batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+    train.shard(model, torch.device("cpu"), mixed_precision=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD, unlike Adam, shows any gradient scale error
+    args = Namespace(micro_batch=micro_batch, temperature=1.0, clip_low=0.2, clip_high=0.28, grad_clip=1e9)
+    stats = train.train_step(model, opt, batch, args, world)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        torch.save({"sd": sd, "stats": stats}, out_file)
+    dist.destroy_process_group()
+
+
+def _run_update(tmp_path, world, micro_batch):
+    out = str(tmp_path / f"w{world}.pt")
+    torch.multiprocessing.spawn(_update_worker, args=(world, str(tmp_path / f"init{world}"), out, micro_batch),
+                                nprocs=world)
+    return torch.load(out)
+
+
+def test_two_process_fsdp_update_equals_one_process(tmp_path):
+    one = _run_update(tmp_path, 1, micro_batch=3)
+    two = _run_update(tmp_path, 2, micro_batch=2)
+    assert one["stats"]["loss"] == pytest.approx(two["stats"]["loss"], abs=1e-6)
+    assert one["stats"]["grad_norm"] == pytest.approx(two["stats"]["grad_norm"], rel=1e-5)
+    assert one["stats"]["ratio_clip_frac"] > 0
+    for k in one["sd"]:
+        torch.testing.assert_close(one["sd"][k], two["sd"][k], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "--steps", "4",
+           "--prompts_per_step", "4", "--group_size", "4", "--eval_size", "8", "--eval_every", "2",
+           "--teacher_sync", "2", "--save_every", "2", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    for key in ["reward", "response_len", "truncated_frac", "lam", "delta_mean", "w_mean", "w_clip_low_frac",
+                "w_clip_high_frac", "ratio_clip_frac", "entropy", "grad_norm", "leak_rate", "step_time",
+                "tokens_per_s"]:
+        assert math.isfinite(recs[1][key]), key
+    assert recs[1]["lam"] == 0.5 and recs[2]["lam"] == pytest.approx(0.49)
+    assert "eval/accuracy" in recs[0] and "eval/accuracy" in recs[2] and "eval/accuracy" in recs[4]
+    assert (out / "checkpoint-2" / "model.safetensors").exists() and not (out / "final.tmp").exists()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    ckpt = str(out / "final")
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert json.load(open(os.path.join(ckpt, "config.json")))["architectures"] == ["Qwen2ForCausalLM"]
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    assert tok.pad_token_id == tok.eos_token_id
+
+    # the sampling CLI works on the checkpoint
+    prompt = train.student_prompt("Which number is largest: 1, 5, 3, 2?")
+    res = subprocess.run([sys.executable, "sample.py", ckpt, prompt, "--n", "2", "--max_new_tokens", "8"],
+                         cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]
+
+    # the real loading path (--model DIR) trains from the directory our own code saved
+    out2 = tmp_path / "run2"
+    res = subprocess.run([sys.executable, "train.py", "--model", ckpt, "--steps", "1", "--prompts_per_step", "2",
+                          "--group_size", "2", "--max_prompt_len", "256", "--max_new_tokens", "8", "--eval_size",
+                          "4", "--gen_batch", "0", "--gradient_checkpointing", "0", "--out", str(out2)],
+                         cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out2 / "final" / "model.safetensors").exists()
