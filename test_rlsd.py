@@ -289,12 +289,13 @@ def test_jsonl_fields_and_solution_answer(tmp_path):
 
 
 # ----------------------------------------------------------------------------- distributed equivalence
-def _update_worker(rank, world, init_file, out_file, micro_batch):
+def _update_worker(rank, world, init_file, out_file, micro_batch, poison=False):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
     tok = train.toy_tokenizer()
     model = train.toy_model(tok)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     N, P, T = 8, 6, 5  # one global batch, identical on every rank
     p_ids = torch.randint(1, len(tok), (N, P), generator=g)
@@ -307,6 +308,8 @@ def _update_worker(rank, world, init_file, out_file, micro_batch):
     batch = dict(prompt_ids=p_ids, prompt_mask=p_mask, resp=resp, resp_mask=r_mask,
                  logp_old=logp + 0.3 * torch.randn(N, T, generator=g),  # rho != 1: clipping is active
                  token_adv=torch.randn(N, T, generator=g) * r_mask)
+    if poison:
+        batch["token_adv"][0, 0] = float("nan")
     share = N // world
     batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
     train.shard(model, torch.device("cpu"), mixed_precision=False)
@@ -316,14 +319,14 @@ def _update_worker(rank, world, init_file, out_file, micro_batch):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        torch.save({"sd": sd, "stats": stats}, out_file)
+        torch.save({"sd": sd, "stats": stats, "init": init}, out_file)
     dist.destroy_process_group()
 
 
-def _run_update(tmp_path, world, micro_batch):
+def _run_update(tmp_path, world, micro_batch, poison=False):
     out = str(tmp_path / f"w{world}.pt")
-    torch.multiprocessing.spawn(_update_worker, args=(world, str(tmp_path / f"init{world}"), out, micro_batch),
-                                nprocs=world)
+    torch.multiprocessing.spawn(_update_worker, nprocs=world,
+                                args=(world, str(tmp_path / f"init{world}{poison}"), out, micro_batch, poison))
     return torch.load(out)
 
 
@@ -335,6 +338,13 @@ def test_two_process_fsdp_update_equals_one_process(tmp_path):
     assert one["stats"]["ratio_clip_frac"] > 0
     for k in one["sd"]:
         torch.testing.assert_close(one["sd"][k], two["sd"][k], atol=1e-5, rtol=0)
+
+
+def test_non_finite_update_is_skipped(tmp_path):
+    res = _run_update(tmp_path, 2, micro_batch=4, poison=True)
+    assert res["stats"]["skipped"] == 1 and not math.isfinite(res["stats"]["loss"])
+    for k, v in res["init"].items():  # parameters untouched
+        torch.testing.assert_close(res["sd"][k], v, atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -370,11 +380,14 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]
 
-    # the real loading path (--model DIR) trains from the directory our own code saved
+    # the real loading path (--model DIR) trains from the directory our own code saved; also the
+    # GRPO baseline and gradient checkpointing under FSDP
     out2 = tmp_path / "run2"
-    res = subprocess.run([sys.executable, "train.py", "--model", ckpt, "--steps", "1", "--prompts_per_step", "2",
+    res = subprocess.run([sys.executable, "train.py", "--model", ckpt, "--steps", "2", "--prompts_per_step", "2",
                           "--group_size", "2", "--max_prompt_len", "256", "--max_new_tokens", "8", "--eval_size",
-                          "4", "--gen_batch", "0", "--gradient_checkpointing", "0", "--out", str(out2)],
+                          "4", "--gen_batch", "3", "--micro_batch", "3", "--algo", "grpo", "--out", str(out2)],
                          cwd=HERE, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out2 / "final" / "model.safetensors").exists()
+    recs = [json.loads(l) for l in (out2 / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == 2 and recs[-1]["lam"] == 0.0 and "w_mean" not in recs[-1]

@@ -50,9 +50,9 @@ def teacher_prompt(question, answer):
 # ----------------------------------------------------------------------------- arguments
 # Flags left at None take the paper's value with --model, the toy value without it.
 PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=4096,
-             micro_batch=4, gen_batch=64, eval_size=256, gradient_checkpointing=True)
-TOY = dict(lr=5e-4, prompts_per_step=32, max_prompt_len=256, max_new_tokens=16,
-           micro_batch=256, gen_batch=0, eval_size=256, gradient_checkpointing=False)
+             micro_batch=4, gen_batch=64, eval_size=256, gradient_checkpointing=True, save_every=50)
+TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16,
+           micro_batch=256, gen_batch=0, eval_size=256, gradient_checkpointing=False, save_every=0)
 
 
 def parse_args(argv=None):
@@ -64,13 +64,13 @@ def parse_args(argv=None):
     a("--out", default="out", help="output dir: metrics.jsonl, checkpoints")
     a("--algo", default="rlsd", choices=["rlsd", "grpo"], help="grpo: w = 1, no teacher pass")
     a("--steps", type=int, default=300)
-    a("--prompts_per_step", type=int, default=None, help="global prompts per step (paper 256, toy 32)")
+    a("--prompts_per_step", type=int, default=None, help="global prompts per step (paper 256, toy 64)")
     a("--group_size", type=int, default=8, help="G responses per prompt")
     a("--temperature", type=float, default=1.0)
     a("--top_p", type=float, default=1.0)
     a("--max_prompt_len", type=int, default=None, help="longer prompts are dropped (paper 4096)")
     a("--max_new_tokens", type=int, default=None, help="response budget (paper 4096)")
-    a("--lr", type=float, default=None, help="AdamW lr (paper 1e-6, toy 5e-4)")
+    a("--lr", type=float, default=None, help="AdamW lr (paper 1e-6, toy 2e-4)")
     a("--weight_decay", type=float, default=0.01)
     a("--grad_clip", type=float, default=1.0)
     a("--eps_w", type=float, default=0.2, help="evidence-weight clip")
@@ -84,7 +84,7 @@ def parse_args(argv=None):
     a("--gradient_checkpointing", type=int, default=None, help="1/0 (paper preset 1)")
     a("--eval_every", type=int, default=50, help="held-out accuracy every N steps (0 = start/end only)")
     a("--eval_size", type=int, default=None)
-    a("--save_every", type=int, default=0, help="checkpoint every N steps (0 = only at the end)")
+    a("--save_every", type=int, default=None, help="checkpoint every N steps, 0 = only at the end (paper preset 50)")
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
     a("--seed", type=int, default=0)
     a("--trust_remote_code", action="store_true")
@@ -427,13 +427,13 @@ def main(argv=None):
 
     rank, world, device = setup_distributed()
     torch.manual_seed(args.seed)  # identical initial weights on every rank
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     if args.model:
         tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,
+        save_dtype = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).dtype
+        save_dtype = (getattr(torch, save_dtype) if isinstance(save_dtype, str) else save_dtype) or torch.float32
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,  # fp32 master weights
                                                      trust_remote_code=args.trust_remote_code)
-        save_dtype = getattr(model.config, "dtype", None) or torch.float32
-        save_dtype = getattr(torch, save_dtype) if isinstance(save_dtype, str) else save_dtype
     else:
         tok, save_dtype = toy_tokenizer(), torch.float32
         model = toy_model(tok)
@@ -505,7 +505,7 @@ def main(argv=None):
         batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask,
                      logp_old=logp_old, token_adv=token_adv)
         st = train_step(model, opt, batch, args, world)
-        if teacher is not None and step % args.teacher_sync == 0:
+        if teacher is not None and step % args.teacher_sync == 0:  # teacher <- policy (same shards)
             with torch.no_grad():
                 for pt, ps in zip(teacher.parameters(), model.parameters()):
                     pt.copy_(ps)
@@ -525,10 +525,10 @@ def main(argv=None):
                "leak_rate": sums[5] / n_rows, **{k: sums[6 + i] / n_tok for i, k in enumerate(keys) if wst},
                **st, "step_time": dt, "tokens_per_s": sums[2] / dt}
         bad = bad + 1 if st["skipped"] else 0
-        if st["skipped"]:
-            tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)") if rank == 0 else None
-            if bad >= args.max_bad_steps:
-                raise RuntimeError(f"{bad} non-finite steps in a row; lower --lr or check the data")
+        if st["skipped"] and rank == 0:
+            tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")
+        if bad >= args.max_bad_steps:
+            raise RuntimeError(f"{bad} non-finite steps in a row; lower --lr or check the data")
         if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
             rec["eval/accuracy"] = evaluate(model, tok, eval_rows, args, eos, device, rank, world) if eval_rows else None
         if args.save_every and step % args.save_every == 0 and step != args.steps:
