@@ -232,23 +232,272 @@ def test_teacher_logprobs_read_at_student_response_positions(kind):
 
 
 # ----------------------------------------------------------------------------- verify.py
-@pytest.mark.parametrize("response,answer,expected", [
-    ("<answer>9</answer>", "9", 1), ("<answer> 9 </answer>", "8", 0), ("so \\boxed{\\frac{1}{2}}", "0.5", 1),
-    ("\\boxed{\\frac{3}{\\sqrt{x}}} then \\boxed{7}", "7", 1), ("<answer>(B)</answer>", "B", 1),
-    ("<answer>1,000</answer>", "1000", 1), ("no answer here 9", "9", 0), ("\\boxed{3", "3", 0),
-    ("<answer></answer>", "", 0), ("<answer>Paris</answer>", "paris", 1), ("<answer>3/4</answer>", "0.75", 1),
-    ("<answer>3/0</answer>", "1", 0), ("<answer>x</answer><answer>5</answer>", "5", 1),
-])
-def test_verify_basic(response, answer, expected):
-    assert verify.reward(response, answer) == expected
+OPTS = ["3/11", "8/11", "1/2", "2/3"]
+# (response, reference, options, expected reward). Each row states a behaviour that Math-Verify, the
+# hendrycks MATH equivalence, Qwen2.5-Math's math_equal or MathVista/MMMU choice scoring document.
+VERIFY_TABLE = [
+    # extraction: answer tag, boxed / fbox (nested), "the answer is", Answer: line, fallback
+    ("<answer>9</answer>", "9", None, 1),
+    ("<answer> 9 </answer>", "8", None, 0),
+    ("<answer>4</answer> then <answer>5</answer>", "5", None, 1),
+    ("<answer>4</answer> then <answer>5</answer>", "4", None, 0),
+    ("<answer>\\boxed{12}</answer>", "12", None, 1),
+    ("we get \\boxed{\\frac{3}{4}}.", "3/4", None, 1),
+    ("first \\boxed{2}, corrected: \\boxed{3}", "3", None, 1),
+    ("first \\boxed{2}, corrected: \\boxed{3}", "2", None, 0),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}", None, 1),
+    ("\\fbox{7}", "7", None, 1),
+    ("\\boxed{{7}}", "7", None, 1),
+    ("\\boxed{7", "7", None, 0),
+    ("The answer is 42.", "42", None, 1),
+    ("The final answer is $\\frac{1}{2}$.", "0.5", None, 1),
+    ("So the answer is: 3.5. Done.", "3.5", None, 1),
+    ("the answer is 41, not 42", "42", None, 0),
+    ("Answer: 17", "17", None, 1),
+    ("work...\n**Final Answer:** 17", "17", None, 1),
+    ("Final answer: B", "B", None, 1),
+    ("Adding up we get\n15", "15", None, 1),
+    ("Therefore 3 + 4 = 7.", "7", None, 1),
+    ("Thus $x = 5$", "5", None, 1),
+    ("\\frac{1}{2}", "0.5", None, 1),
+    ("I believe it is 7 but I am not sure about it.", "7", None, 0),
+    ("maybe 3 or 4", "4", None, 0),
+    ("There were 9 apples at first and some were eaten.", "9", None, 0),
+    ("", "1", None, 0),
+    ("no idea", "1", None, 0),
+    # <think> is not the answer, and an unclosed think has no answer yet
+    ("<think>the answer is 9</think>I don't know.", "9", None, 0),
+    ("<think>\\boxed{9}</think>\\boxed{8}", "8", None, 1),
+    ("<think>\\boxed{9}</think>\\boxed{8}", "9", None, 0),
+    ("<think>so it is 5\n5", "5", None, 0),
+    ("<think>hmm</think><answer>5</answer>", "5", None, 1),
+    # question echo: the question's numbers are not an answer
+    ("Which number is largest: 3, 7, 2, 9? Let me think about it.", "9", None, 0),
+    ("Question: what is 6 * 7? I cannot compute this.", "42", None, 0),
+    # integers, signs, decimals, scientific notation
+    ("\\boxed{-3}", "-3", None, 1),
+    ("\\boxed{+3}", "3", None, 1),
+    ("\\boxed{-3}", "3", None, 0),
+    ("\\boxed{3.0}", "3", None, 1),
+    ("\\boxed{3.00001}", "3", None, 0),
+    ("\\boxed{0.1}", ".1", None, 1),
+    ("\\boxed{3.14159}", "3.1416", None, 0),
+    ("\\boxed{2.5}", "2.50", None, 1),
+    ("\\boxed{1e5}", "100000", None, 1),
+    ("\\boxed{1.5 \\times 10^{3}}", "1500", None, 1),
+    ("\\boxed{2.5\\cdot10^{-2}}", "0.025", None, 1),
+    ("\\boxed{12345678901234567}", "12345678901234568", None, 0),
+    ("\\boxed{12345678901234567}", "12345678901234567", None, 1),
+    ("\\boxed{0}", "0", None, 1),
+    ("\\boxed{0}", "0.0000001", None, 0),
+    ("\\boxed{007}", "7", None, 1),
+    # thousands separators vs lists
+    ("\\boxed{1,000}", "1000", None, 1),
+    ("\\boxed{1{,}000}", "1000", None, 1),
+    ("\\boxed{1\\,000}", "1000", None, 1),
+    ("\\boxed{1 000}", "1000", None, 1),
+    ("\\boxed{1,234,567.5}", "1234567.5", None, 1),
+    ("\\boxed{3, 4}", "34", None, 0),
+    ("\\boxed{3,4}", "3.4", None, 0),
+    ("\\boxed{1,000}", "1", None, 0),
+    ("\\boxed{12,34}", "1234", None, 0),
+    # fractions
+    ("\\boxed{\\frac{1}{2}}", "1/2", None, 1),
+    ("\\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}", None, 1),
+    ("\\boxed{\\tfrac{1}{2}}", "0.5", None, 1),
+    ("\\boxed{\\frac12}", "1/2", None, 1),
+    ("\\boxed{\\frac{2}{4}}", "\\frac{1}{2}", None, 1),
+    ("\\boxed{-\\frac{1}{3}}", "-1/3", None, 1),
+    ("\\boxed{\\frac{-1}{3}}", "-\\frac{1}{3}", None, 1),
+    ("\\boxed{\\frac{1}{3}}", "0.333", None, 0),
+    ("\\boxed{\\frac{1}{3}}", "0.3333333", None, 1),
+    ("\\boxed{0.5}", "\\frac{1}{2}", None, 1),
+    ("\\boxed{3/4}", "0.75", None, 1),
+    ("\\boxed{3/0}", "3", None, 0),
+    ("\\boxed{\\frac{1}{0}}", "1", None, 0),
+    ("\\boxed{\\frac{3}{4}}", "\\frac{4}{3}", None, 0),
+    # percentages: x% equals x and x/100; a bare 0.5 is not 50
+    ("\\boxed{50\\%}", "50", None, 1),
+    ("\\boxed{50\\%}", "50%", None, 1),
+    ("\\boxed{50%}", "0.5", None, 1),
+    ("\\boxed{0.5}", "50\\%", None, 1),
+    ("\\boxed{50}", "50\\%", None, 1),
+    ("\\boxed{0.5}", "50", None, 0),
+    ("\\boxed{40\\%}", "50\\%", None, 0),
+    # degrees, currency, units, text wrappers
+    ("\\boxed{30^\\circ}", "30", None, 1),
+    ("\\boxed{30^{\\circ}}", "30", None, 1),
+    ("\\boxed{30°}", "30^\\circ", None, 1),
+    ("\\boxed{\\$5}", "5", None, 1),
+    ("\\boxed{\\$1,250.50}", "1250.5", None, 1),
+    ("\\boxed{5 \\text{ cm}}", "5", None, 1),
+    ("\\boxed{5\\text{ cm}^2}", "5", None, 1),
+    ("\\boxed{12 \\text{ apples}}", "12", None, 1),
+    ("\\boxed{\\text{5}}", "5", None, 1),
+    ("\\boxed{\\text{(B)}}", "B", None, 1),
+    ("\\boxed{5 cm}", "6", None, 0),
+    ("\\boxed{2x}", "2", None, 0),
+    ("\\boxed{3 or more}", "3", None, 0),
+    # x = 5 vs 5, wrappers
+    ("\\boxed{x = 5}", "5", None, 1),
+    ("\\boxed{x=5}", "x = 5", None, 1),
+    ("\\boxed{y_1 = -2}", "-2", None, 1),
+    ("\\boxed{x = 5}", "6", None, 0),
+    ("<answer>$5$</answer>", "5", None, 1),
+    ("<answer>\\(5\\)</answer>", "5", None, 1),
+    ("<answer>\\[5\\]</answer>", "5", None, 1),
+    ("<answer>$$\\frac{1}{2}$$</answer>", "0.5", None, 1),
+    ("\\boxed{\\left( 1, 2 \\right)}", "(1,2)", None, 1),
+    ("\\boxed{\\displaystyle \\frac{1}{2}}", "1/2", None, 1),
+    ("<answer>**7**</answer>", "7", None, 1),
+    # closed forms by value
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\sqrt{2}/2", None, 1),
+    ("\\boxed{\\frac{1}{\\sqrt{2}}}", "\\frac{\\sqrt{2}}{2}", None, 1),
+    ("\\boxed{2\\sqrt{3}}", "\\sqrt{12}", None, 1),
+    ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", None, 1),
+    ("\\boxed{\\sqrt{8}}", "3\\sqrt{2}", None, 0),
+    ("\\boxed{\\sqrt[3]{27}}", "3", None, 1),
+    ("\\boxed{2\\pi}", "\\pi \\cdot 2", None, 1),
+    ("\\boxed{\\frac{\\pi}{2}}", "\\pi/2", None, 1),
+    ("\\boxed{\\pi}", "3.14", None, 0),
+    ("\\boxed{2^{10}}", "1024", None, 1),
+    ("\\boxed{2^-1}", "0.5", None, 1),
+    ("\\boxed{(1+2)*3}", "9", None, 1),
+    ("\\boxed{1+2*3}", "9", None, 0),
+    ("\\boxed{3(4)}", "12", None, 1),
+    ("\\boxed{5!}", "120", None, 1),
+    ("\\boxed{-2^2}", "-4", None, 1),
+    ("\\boxed{\\sqrt{-4}}", "2", None, 0),
+    ("\\boxed{9^{9^{9^9}}}", "0", None, 0),
+    ("\\boxed{24!\\times24!}", "1", None, 0),
+    ("\\boxed{10^{400}}", "1", None, 0),
+    ("\\boxed{1e999999}", "1", None, 0),
+    # tuples, intervals, sets, lists, matrices
+    ("\\boxed{(1, 2)}", "(1,2)", None, 1),
+    ("\\boxed{(2, 1)}", "(1,2)", None, 0),
+    ("\\boxed{(1, \\frac{1}{2})}", "(1, 0.5)", None, 1),
+    ("\\boxed{(1, 2, 3)}", "(1,2)", None, 0),
+    ("\\boxed{[0, 1)}", "[0,1)", None, 1),
+    ("\\boxed{[0, 1]}", "[0,1)", None, 0),
+    ("\\boxed{(0, 1]}", "[0,1]", None, 0),
+    ("\\boxed{(-\\infty, 3]}", "(-\\infty,3]", None, 1),
+    ("\\boxed{(-\\infty, 3)}", "(-\\infty,3]", None, 0),
+    ("\\boxed{\\{1, 2, 3\\}}", "\\{3, 2, 1\\}", None, 1),
+    ("\\boxed{\\{1, 2\\}}", "\\{1, 2, 3\\}", None, 0),
+    ("\\boxed{1, 2, 3}", "3, 2, 1", None, 1),
+    ("\\boxed{1, 2, 3}", "1, 2, 4", None, 0),
+    ("\\boxed{1, 2}", "(1, 2)", None, 1),
+    ("\\boxed{x = 1, 2}", "1, 2", None, 1),
+    ("\\boxed{\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", None, 1),
+    ("\\boxed{\\begin{pmatrix} 1 & 2 \\\\ 3 & 5 \\end{pmatrix}}", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", None, 0),
+    ("\\boxed{\\begin{pmatrix} 1 & 2 \\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", None, 0),
+    ("\\boxed{\\begin{pmatrix} \\frac{1}{2} \\\\ 3 \\end{pmatrix}}", "\\begin{pmatrix}0.5\\\\3\\end{pmatrix}", None, 1),
+    # multiple choice
+    ("<answer>B</answer>", "B", None, 1),
+    ("<answer>(B)</answer>", "B", None, 1),
+    ("<answer>B.</answer>", "B", None, 1),
+    ("<answer>B)</answer>", "B", None, 1),
+    ("<answer>b</answer>", "B", None, 1),
+    ("\\boxed{B}", "B", None, 1),
+    ("\\boxed{C}", "B", None, 0),
+    ("The answer is B", "B", None, 1),
+    ("The answer is (C).", "B", None, 0),
+    ("Answer: (B) 8/11", "B", OPTS, 1),
+    ("<answer>B) 8/11</answer>", "B", OPTS, 1),
+    ("<answer>Option B</answer>", "B", None, 1),
+    ("\\boxed{8/11}", "B", OPTS, 1),
+    ("\\boxed{\\frac{8}{11}}", "B", OPTS, 1),
+    ("\\boxed{1/2}", "B", OPTS, 0),
+    ("\\boxed{8/11}", "B", None, 0),
+    ("\\boxed{B}", "8/11", OPTS, 1),
+    ("\\boxed{C}", "8/11", OPTS, 0),
+    ("<answer>(A)</answer>", "(A)", None, 1),
+    ("<answer>A, C</answer>", "A, C", None, 1),
+    ("<answer>C, A</answer>", "A, C", None, 1),
+    ("<answer>A</answer>", "A, C", None, 0),
+    # several answers, empty answers, every option: never credited
+    ("<answer>A or B</answer>", "A", None, 0),
+    ("<answer>A and B</answer>", "A", None, 0),
+    ("\\boxed{A, B, C, D}", "B", None, 0),
+    ("\\boxed{(A) (B) (C) (D)}", "B", None, 0),
+    ("The answer is A or B.", "A", None, 0),
+    ("\\boxed{3, 4 or 5}", "4", None, 0),
+    ("\\boxed{3 or 4}", "4", None, 0),
+    ("\\boxed{3 \\text{ or } 4}", "3", None, 0),
+    ("\\boxed{4 \\lor 5}", "4", None, 0),
+    ("<answer></answer>", "4", None, 0),
+    ("<answer>   </answer> 4", "4", None, 0),
+    ("\\boxed{}", "4", None, 0),
+    ("\\boxed{3/11, 8/11, 1/2, 2/3}", "B", OPTS, 0),
+    # plain text answers
+    ("<answer>Paris</answer>", "paris", None, 1),
+    ("<answer>New  York</answer>", "new york", None, 1),
+    ("<answer>\\text{Romeo and Juliet}</answer>", "Romeo and Juliet", None, 1),
+    ("<answer>London</answer>", "Paris", None, 0),
+    ("<answer>yes</answer>", "Yes", None, 1),
+    ("<answer>no</answer>", "yes", None, 0),
+]
 
 
-def test_verify_never_raises_and_stays_fast_on_odd_text():
+def test_verify_table_size():
+    assert len(VERIFY_TABLE) >= 150
+
+
+@pytest.mark.parametrize("response,answer,options,expected", VERIFY_TABLE)
+def test_verify_table(response, answer, options, expected):
+    assert verify.reward(response, answer, options) == expected
+
+
+def test_verify_extraction_rules():
+    assert verify.extract_with_rule("<answer>1</answer> \\boxed{2}") == ("1", "answer_tag")
+    assert verify.extract_with_rule("\\boxed{2} the answer is 3") == ("2", "boxed")
+    assert verify.extract_with_rule("the answer is 3\nAnswer: 4") == ("3", "answer_is")
+    assert verify.extract_with_rule("Answer: 4\nmore text") == ("4", "answer_line")
+    assert verify.extract_with_rule("so\n4") == ("4", "last_line")
+    assert verify.extract_with_rule("nothing to see") == (None, "none")
+
+
+ADVERSARIAL = {
+    "50k unclosed braces": "\\boxed{" * 50000,
+    "deep nesting": "\\boxed{" + "{" * 100000 + "1" + "}" * 100000 + "}",
+    "deep nesting, 5 MB": "\\boxed{" + "{" * 2_500_000 + "9" + "}" * 2_500_000 + "}",
+    "a million digits": "\\boxed{" + "9" * 1_000_000 + "}",
+    "a million digits, bare": "9" * 1_000_000,
+    "many answer tags": "<answer>" * 200000,
+    "many closing tags": "</answer>" * 200000,
+    "answer is, repeated": "the answer is " * 200000,
+    "long last line": "1+" * 1_000_000 + "1",
+    "nested parentheses": "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
+    "huge exponent tower": "\\boxed{" + "9^{" * 60 + "9" + "}" * 60 + "}",
+    "factorial chain": "\\boxed{" + "24!\\times" * 50 + "24!}",
+    "Answer: lines": "Answer:\n" * 300000,
+    "think without end": "<think>" + "x" * 3_000_000,
+    "binary noise": "\x00\uffff" * 500000,
+    "many matrices": "\\boxed{\\begin{pmatrix}" + "1&" * 100000 + "1\\end{pmatrix}}",
+    "many commas": "\\boxed{" + "1," * 500000 + "1}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_verify_adversarial_inputs_answer_quickly(name):
     import time
-    for text in ["<answer>" * 100000, "\\boxed{" * 50000, "9" * 1000000, "{" * 10**6 + "}", "\x00\uffff"]:
-        t = time.time()
-        assert verify.reward(text, "9") in (0.0, 1.0)
-        assert time.time() - t < 2.0
+    t = time.perf_counter()
+    assert verify.reward(ADVERSARIAL[name], "9") in (0.0, 1.0)
+    assert verify.reward(ADVERSARIAL[name], "B", OPTS) in (0.0, 1.0)
+    assert time.perf_counter() - t < 2.0  # a generous bound: not a benchmark (see the closing note)
+
+
+def test_verify_cli(tmp_path):
+    res = subprocess.run([sys.executable, "verify.py", "so \\boxed{\\frac{1}{2}}", "0.5"], cwd=HERE,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.splitlines()[0] == "1" and "boxed" in res.stdout
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"response": "<answer>3</answer>", "answer": "3"}\n'
+                    '{"response": "\\\\boxed{8/11}", "answer": "B", "options": ["1", "8/11"]}\n'
+                    '{"response": "no idea", "answer": 4}\n')
+    res = subprocess.run([sys.executable, "verify.py", "--jsonl", str(path)], cwd=HERE,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "accuracy 0.6667 (2/3)" in res.stdout, res.stdout + res.stderr
 
 
 # ----------------------------------------------------------------------------- train.py: data and errors
@@ -268,6 +517,7 @@ def run_main_expect_error(argv, capsys, monkeypatch, world=1):
     (['{"problem": "1+1?"}'], "bad.jsonl:1: missing answer"),
     (['[1, 2]'], "bad.jsonl:1: expected a JSON object"),
     (['', '  '], "bad.jsonl: no examples"),
+    (['{"question": "q", "answer": "A", "options": "A B"}'], "bad.jsonl:1: 'options' must be a list"),
 ])
 def test_bad_data_names_file_and_line(tmp_path, capsys, monkeypatch, lines, needle):
     path = tmp_path / "bad.jsonl"
@@ -284,8 +534,10 @@ def test_bad_flags_fail_before_loading(capsys, monkeypatch):
 
 def test_jsonl_fields_and_solution_answer(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"problem": "p", "solution": "so \\\\boxed{12}"}\n\n{"prompt": "q", "answer": 3}\n')
-    assert train.load_jsonl(str(path)) == [{"question": "p", "answer": "12"}, {"question": "q", "answer": "3"}]
+    path.write_text('{"problem": "p", "solution": "so \\\\boxed{12}"}\n\n{"prompt": "q", "answer": 3}\n'
+                    '{"question": "r", "answer": "B", "choices": ["1", "2"]}\n')
+    assert train.load_jsonl(str(path)) == [{"question": "p", "answer": "12"}, {"question": "q", "answer": "3"},
+                                           {"question": "r", "answer": "B", "options": ["1", "2"]}]
 
 
 # ----------------------------------------------------------------------------- distributed equivalence

@@ -138,7 +138,10 @@ def load_jsonl(path):
         images = row.get("images", row.get("image")) or []
         if images:
             fail(f"{path}:{n}: image prompts are not supported yet (text-only models)")
-        rows.append({"question": q, "answer": extract_answer(a) or a})
+        options = row.get("options", row.get("choices"))
+        if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
+            fail(f"{path}:{n}: 'options' must be a list of strings (the choices in order A, B, ...)")
+        rows.append({"question": q, "answer": extract_answer(a) or a, **({"options": options} if options else {})})
     if not rows:
         fail(f"{path}: no examples")
     return rows
@@ -348,7 +351,7 @@ def evaluate(model, tok, rows, args, eos, device, rank, world):
     with gathered(model):  # collective: every rank enters, even one with no rows
         if mine:
             _, _, texts = rollout(model, tok, mine, 1, args, eos, device, 0.0, None)
-            correct = sum(reward(t, r["answer"]) for t, r in zip(texts, mine))
+            correct = sum(reward(t, r["answer"], r.get("options")) for t, r in zip(texts, mine))
     c, n = all_reduce_sum([correct, len(mine)], device)
     return c / max(n, 1)
 
@@ -489,8 +492,9 @@ def main(argv=None):
             # 4a. logp_S = log pi_old(y_t | x, y_<t)
             logp_old, entropy = batched_logprobs(model, s_ids, s_mask, resp, resp_mask, args, with_entropy=True)
         # 2-3. binary rewards, group advantages
-        answers = [r["answer"] for r in rows for _ in range(G)]
-        rewards = torch.tensor([reward(t, a) for t, a in zip(texts, answers)], device=device)  # [N]
+        refs = [r for r in rows for _ in range(G)]
+        rewards = torch.tensor([reward(t, r["answer"], r.get("options")) for t, r in zip(texts, refs)],
+                               device=device)  # [N]
         adv = group_advantages(rewards, G)  # [N]
         # 4b-8. teacher log-probs on teacher prompt + the same response tokens, token advantages
         lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if teacher is not None else 0.0
