@@ -420,6 +420,13 @@ VERIFY_TABLE = [
     ("<answer>A and B</answer>", "A", None, 0),
     ("\\boxed{A, B, C, D}", "B", None, 0),
     ("\\boxed{(A) (B) (C) (D)}", "B", None, 0),
+    ("\\boxed{(A) (B) (C) (D)}", "A", None, 0),
+    ("<answer>A. 3/11 B. 8/11</answer>", "A", OPTS, 0),
+    ("A\nB\nC\nD", "D", None, 0),
+    ("B", "B", None, 1),
+    ("\\boxed{3 4}", "12", None, 0),
+    ("\\boxed{3 4}", "34", None, 0),
+    ("\\boxed{- 3}", "-3", None, 1),
     ("The answer is A or B.", "A", None, 0),
     ("\\boxed{3, 4 or 5}", "4", None, 0),
     ("\\boxed{3 or 4}", "4", None, 0),
@@ -604,7 +611,7 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "--steps", "4",
            "--prompts_per_step", "4", "--group_size", "4", "--eval_size", "8", "--eval_every", "2",
-           "--teacher_sync", "2", "--save_every", "2", "--out", str(out)]
+           "--teacher_sync", "2", "--save_every", "2", "--warmup_steps", "50", "--out", str(out)]
     res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]

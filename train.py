@@ -86,6 +86,7 @@ def parse_args(argv=None):
     a("--eval_size", type=int, default=None)
     a("--save_every", type=int, default=None, help="checkpoint every N steps, 0 = only at the end (paper preset 50)")
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
+    a("--warmup_steps", type=int, default=600, help="format cold start of the built-in model (toy only)")
     a("--seed", type=int, default=0)
     a("--trust_remote_code", action="store_true")
     args = p.parse_args(argv)
@@ -205,21 +206,23 @@ def toy_model(tok):
     return Qwen2ForCausalLM(cfg)
 
 
-def toy_warmup(model, tok, rows, steps=150, batch=64, lr=3e-3):
-    """Format cold start, standing in for an instruct model: supervised on
-    student prompt -> <answer>{a random one of the four digits}</answer>   (no task skill)
-    teacher prompt -> <answer>{reference}</answer>                          (can read a reference)
-    so RL starts near chance (25%) with a teacher that privileged information actually helps."""
+def toy_warmup(model, tok, rows, steps=600, batch=64, lr=3e-3):
+    """Format cold start, standing in for an instruct model. Supervised, with d a random one of the
+    four listed digits (never the largest on purpose, so no task skill is taught):
+        student prompt                 -> <answer>d</answer>   (the format, a 1-in-4 guess)
+        teacher prompt with reference d -> <answer>d</answer>   (reads a given reference)
+    RL then starts near chance, with a teacher that the privileged answer actually helps."""
     rng = random.Random(1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     eos = tok.eos_token_id
-    for _ in range(steps):
+    for k in range(steps):
+        opt.param_groups[0]["lr"] = lr * (1 - k / steps)  # decay to 0: settle on the 1-in-4 guess
         seqs, starts = [], []
         for r in rng.sample(rows, batch):
-            teacher = rng.random() < 0.5
-            ans = r["answer"] if teacher else rng.choice(r["question"].split(":")[1].strip(" ?").split(", "))
-            prompt = r["teacher_ids"] if teacher else r["student_ids"]
-            seqs.append(prompt + tok(f"<answer>{ans}</answer>", add_special_tokens=False)["input_ids"] + [eos])
+            d = rng.choice(r["question"].split(":")[1].strip(" ?").split(", "))
+            text = teacher_prompt(r["question"], d) if rng.random() < 0.5 else student_prompt(r["question"])
+            prompt = tok(format_prompt(tok, text), add_special_tokens=False)["input_ids"]
+            seqs.append(prompt + tok(f"<answer>{d}</answer>", add_special_tokens=False)["input_ids"] + [eos])
             starts.append(len(prompt))
         ids, mask = left_pad(seqs, eos)
         labels = ids.clone()
@@ -448,7 +451,7 @@ def main(argv=None):
         fail(f"{len(train_rows)} usable training prompts (<= {args.max_prompt_len} tokens), "
              f"fewer than --prompts_per_step {args.prompts_per_step}")
     if not args.model:
-        toy_warmup(model, tok, train_rows)
+        toy_warmup(model, tok, train_rows, steps=args.warmup_steps)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     arch, eos = type(model).__name__, eos_token_ids(model, tok)

@@ -88,7 +88,7 @@ def extract_with_rule(response):
     last = tail[tail.rfind("\n") + 1:].strip()
     if 0 < len(last) <= MAX_EXPR:
         bare = _normalize(last)
-        if _value(bare) is not None or _letters(bare):
+        if _value(bare) is not None or (_letters(bare) and tail.strip() == last):  # a letter only alone
             return last.strip(" ."), "last_line"
         if "=" in last:
             rhs = last.rsplit("=", 1)[1].strip(" .$")
@@ -163,7 +163,7 @@ NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 def _exact(s):
     """Exact value (Fraction) of a plain number, a/b or \\frac{a}{b}; None otherwise."""
-    s = s.replace(" ", "")
+    s = re.sub(r"\s*([/+-])\s*", r"\1", s.strip())  # "- 3", "3 / 4"; but "3 4" is no number
     if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", s):
         s = s.replace(",", "")
     m = re.fullmatch(r"(-?)\\frac\{(" + NUM + r")\}\{(" + NUM + r")\}", s)
@@ -235,8 +235,8 @@ def _evaluate(s):
                     v = v / r
                 else:
                     v = v * r
-            elif t and (t[0].isdigit() or t[0] == "." or t in ("(", "{", "\\pi", "\\sqrt", "\\frac")):
-                v = v * power()  # implicit product: 2\sqrt{3}, 3(4)
+            elif t in ("(", "{", "\\pi", "\\sqrt", "\\frac"):
+                v = v * power()  # implicit product: 2\sqrt{3}, 3(4); never two bare numbers ("3 4")
             else:
                 return v
 
@@ -355,6 +355,8 @@ def _letters(s, allow_text=True):
         m = CHOICE.match(p)
         if not m or (m.end() < len(p) and not (allow_text and len(parts) == 1 and p[m.end() - 1] in ".:)")):
             return None
+        if re.search(r"(?:^|\s)\(?[A-Z][).:](?:\s|$)", p[m.end():]):
+            return None  # "(A) (B) (C)": every option listed
         found.add(m.group(1).upper())
     return found or None
 
@@ -370,9 +372,14 @@ MATRIX = re.compile(r"\\begin\{[pbvB]?matrix\}(.*)\\end\{[pbvB]?matrix\}", re.S)
 MULTI = re.compile(r"\s(?:or|and)\s|\\(?:text|mbox)\{\s*(?:or|and)\s*\}|\\lor")
 
 
+def _squash(s):
+    """Case-folded text with single spaces, and none next to a symbol: 'x + 1' == 'X+1', '3 4' != '34'."""
+    return re.sub(r" ?([^\w ]) ?", r"\1", re.sub(r"\s+", " ", s.strip()).lower())
+
+
 def _compare(p, g):
     """Equality of two normalized answers (no choice letters here)."""
-    if re.sub(r"\s", "", p).lower() == re.sub(r"\s", "", g).lower():
+    if _squash(p) == _squash(g):
         return bool(p)
     if len(p) > MAX_ANSWER or len(g) > MAX_ANSWER:
         return False
