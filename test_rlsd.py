@@ -579,6 +579,7 @@ def _update_worker(rank, world, init_file, out_file, micro_batch, poison=False):
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         torch.save({"sd": sd, "stats": stats, "init": init}, out_file)
+    dist.barrier()  # no rank tears gloo down while another still uses it
     dist.destroy_process_group()
 
 
