@@ -548,9 +548,9 @@ def test_jsonl_fields_and_solution_answer(tmp_path):
 
 
 # ----------------------------------------------------------------------------- distributed equivalence
-def _update_worker(rank, world, init_file, out_file, micro_batch, poison=False):
+def _update_worker(rank, world, port, out_file, micro_batch, poison=False):
     import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     tok = train.toy_tokenizer()
     model = train.toy_model(tok)
@@ -584,9 +584,12 @@ def _update_worker(rank, world, init_file, out_file, micro_batch, poison=False):
 
 
 def _run_update(tmp_path, world, micro_batch, poison=False):
+    import socket
+    with socket.socket() as s:  # a free port for the process group's store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     out = str(tmp_path / f"w{world}.pt")
-    torch.multiprocessing.spawn(_update_worker, nprocs=world,
-                                args=(world, str(tmp_path / f"init{world}{poison}"), out, micro_batch, poison))
+    torch.multiprocessing.spawn(_update_worker, nprocs=world, args=(world, port, out, micro_batch, poison))
     return torch.load(out)
 
 
