@@ -416,8 +416,8 @@ def _compare(p, g):
 
 
 def _sequence(s):
-    """('tuple'|'interval'|'set'|'list', normalized elements) for s with a top-level comma, else None.
-    The kind of a bracketed sequence is its bracket pair, e.g. '(]' for a half-open interval."""
+    """(kind, normalized elements) for s with a top-level comma, else None. kind is 'set' for
+    \\{...\\}, 'list' when unbracketed, else the bracket pair: '()' a tuple, '(]' an interval..."""
     kind, inner = "list", s
     if s.startswith("\\{") and s.endswith("\\}"):
         kind, inner = "set", s[2:-2]
