@@ -636,6 +636,8 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     assert json.load(open(os.path.join(ckpt, "config.json")))["architectures"] == ["Qwen2ForCausalLM"]
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
     assert tok.pad_token_id == tok.eos_token_id
+    prompt = train.student_prompt("Which number is largest: 1, 5, 3, 2?")  # the tokenizer round-trips
+    assert tok(prompt)["input_ids"] == train.toy_tokenizer()(prompt)["input_ids"]
 
     # the sampling CLI works on the checkpoint
     prompt = train.student_prompt("Which number is largest: 1, 5, 3, 2?")

@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import socket
-import string
 import sys
 import time
 
@@ -182,16 +181,13 @@ def tokenize(rows, tok, max_len):
 
 # ----------------------------------------------------------------------------- the built-in model
 def toy_tokenizer():
-    """Character-level tokenizer with pad == EOS (as many real tokenizers), plus one token for each
-    fixed phrase of the prompt templates and the answer tags, so that sequences stay short."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    chars = sorted(set(string.printable) - set("\t\r\x0b\x0c"))
-    t = Tokenizer(models.WordLevel({"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(chars)}},
-                                   unk_token="<|endoftext|>"))
-    t.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
-    t.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    """A Qwen2 tokenizer with one token per byte (no merges) and pad == EOS, as many real tokenizers,
+    plus one token for each fixed phrase of the prompt templates and for the answer tags, so that
+    sequences stay short. Being a Qwen2Tokenizer, it reloads identically with AutoTokenizer."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(bytes_to_unicode().values())}}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     phrases = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), toy_example(random.Random(0))["question"].split(":")[0]])
     tok.add_tokens(sorted({p.strip() for p in phrases.replace("\0", "\n").split("\n") if len(p.strip()) > 1})
                    + ["<answer>", "</answer>"])
