@@ -301,11 +301,11 @@ def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperatu
     T = resp.shape[1]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                    logits_to_keep=T + 1).logits[:, :T]  # [N, T, V]
-    logp = token_logprobs(logits, resp, temperature)  # [N, T]
     if not with_entropy:
-        return logp
-    z = torch.log_softmax(logits.float() / temperature, -1)
-    return logp, -(z.exp() * z).sum(-1)  # entropy [N, T]
+        return token_logprobs(logits, resp, temperature)  # [N, T]
+    scaled = logits.float() / temperature  # cast once; the same values token_logprobs would build
+    z = torch.log_softmax(scaled, -1)
+    return token_logprobs(scaled, resp), -(z.exp() * z).sum(-1)  # logp, entropy [N, T]
 
 
 def batched_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, args, with_entropy=False):

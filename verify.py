@@ -134,10 +134,11 @@ def _normalize(s):
     return s
 
 
-def _balanced(s):
+def _balanced(s, opening="{", closing="}"):
+    """True if the brackets of s (by default only braces) never close more than they opened and end even."""
     depth = 0
     for c in s:
-        depth += {"{": 1, "}": -1}.get(c, 0)
+        depth += 1 if c in opening else -1 if c in closing else 0
         if depth < 0:
             return False
     return depth == 0
@@ -421,7 +422,7 @@ def _sequence(s):
     kind, inner = "list", s
     if s.startswith("\\{") and s.endswith("\\}"):
         kind, inner = "set", s[2:-2]
-    elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _balanced_brackets(s[1:-1]):
+    elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _balanced(s[1:-1], "([{", ")]}"):
         kind, inner = s[0] + s[-1], s[1:-1]
     parts = _split_top(inner)
     if len(parts) < 2:
@@ -429,15 +430,6 @@ def _sequence(s):
     if kind == "list" and re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", inner.strip()):
         return None  # a thousands separator, not a list
     return kind, [_normalize(q) for q in parts]
-
-
-def _balanced_brackets(s):
-    depth = 0
-    for c in s:
-        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
-        if depth < 0:
-            return False
-    return depth == 0
 
 
 def is_equivalent(pred, gold, options=None):
