@@ -10,9 +10,11 @@ Extra model inputs (e.g. `pixel_values` of a vision-language model) go to the pr
 CLI: python sample.py CHECKPOINT_DIR "prompt" [--n 4] [--temperature 1.0] [--max_new_tokens 256]
 """
 import argparse
+from functools import partial
 
 import torch
-from transformers import DynamicCache
+from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import Cache, DynamicLayer
 
 from rlsd import token_logprobs
 
@@ -56,50 +58,184 @@ def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def prefill(model, ids, mask, cache, **model_inputs):
+class InPlaceLayer(DynamicLayer):
+    """One layer's KV cache, preallocated for max_len tokens and written in place (no torch.cat per
+    token); attention reads only the filled part, keys[:, :, :length]. Rows can be dropped."""
+
+    def __init__(self, max_len):
+        super().__init__()
+        self.max_len, self.length = max_len, 0
+
+    def lazy_initialization(self, key_states, value_states):
+        B, H, _, D = key_states.shape
+        self.k_buf = key_states.new_empty(B, H, self.max_len, D)  # [B, H, max_len, D]
+        self.v_buf = value_states.new_empty(B, H, self.max_len, value_states.shape[-1])
+        self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        self.k_buf[:, :, self.length:self.length + n] = key_states
+        self.v_buf[:, :, self.length:self.length + n] = value_states
+        self.length += n
+        self.keys, self.values = self.k_buf[:, :, :self.length], self.v_buf[:, :, :self.length]
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.length
+
+    def batch_select_indices(self, rows):
+        self.k_buf, self.v_buf = self.k_buf[rows], self.v_buf[rows]
+        self.keys, self.values = self.k_buf[:, :, :self.length], self.v_buf[:, :, :self.length]
+
+
+def prefill(model, ids, mask, positions, cache, **model_inputs):
     """Run the whole prompt through the model, filling `cache`; return last-position logits [B, V]."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                past_key_values=cache, use_cache=True, logits_to_keep=1, **model_inputs)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                use_cache=True, logits_to_keep=1, **model_inputs)
     return out.logits[:, -1]
 
 
-def decode_one_token(model, token, mask, pos, cache):
-    """Feed one token per row ([B]) at positions pos ([B]); mask covers the cache plus this token."""
-    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=pos[:, None],
+def decode_one_token(model, token, mask, positions, cache):
+    """Feed one token per row ([B]) at `positions` ([B, 1], or [3, B, 1] for M-RoPE); mask covers the
+    cache plus this token."""
+    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
                 past_key_values=cache, use_cache=True)
     return out.logits[:, -1]
 
 
+# ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0, top_p=1.0,
-             generator=None, **model_inputs):
+             generator=None, sync_every=16, **model_inputs):
     """Sample a response for every row of the left-padded prompt batch ids/mask [B, P].
 
     Returns (response ids [B, T] padded with pad_id after EOS, response mask [B, T] with the EOS
     token kept, token log-probs [B, T] at `temperature` under the sampling policy; T <= max_new_tokens).
-    Runs no collective: under FSDP keep parameters gathered, ranks may stop at different steps.
+    The KV cache is preallocated for P + max_new_tokens and written in place. Every `sync_every`
+    tokens (the only host syncs) finished rows leave the working batch, so a long straggler does
+    not keep the whole batch decoding. Runs no collective: under FSDP keep parameters gathered,
+    ranks may stop at different steps.
     """
+    B, P = ids.shape
     device = ids.device
     eos = torch.as_tensor(sorted(eos_ids), device=device)
-    cache = DynamicCache()
-    logits = prefill(model, ids, mask, cache, **model_inputs)  # [B, V]
-    pos = position_ids(mask)[:, -1]  # [B]
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-    tokens, logps = [], []
+    cache = Cache(layer_class_to_replicate=partial(InPlaceLayer, P + max_new_tokens))
+    att = torch.zeros(B, P + max_new_tokens, dtype=mask.dtype, device=device)  # [B, P + max_new]
+    att[:, :P] = mask
+    logits = prefill(model, ids, mask, position_ids(mask), cache, **model_inputs)  # [B, V]
+    pos = position_ids(mask)[:, -1]  # [B] position of the last prompt token
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, max_new]
+    out_logp = torch.zeros(B, max_new_tokens, device=device, dtype=torch.promote_types(logits.dtype, torch.float32))
+    rows = torch.arange(B, device=device)  # working row -> output row
+    done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_p, generator)  # [B]
-        lp = token_logprobs(logits[:, None], tok[:, None], temperature or 1.0)[:, 0]  # [B]
+        tok = sample_next(logits, temperature, top_p, generator)  # [B']
+        lp = token_logprobs(logits[:, None], tok[:, None], temperature or 1.0)[:, 0]  # [B']
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(lp), lp))
+        out[rows, t] = tok
+        out_logp[rows, t] = torch.where(done, torch.zeros_like(lp), lp)
         done = done | torch.isin(tok, eos)
-        if done.all() or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if (t + 1) % sync_every == 0 and done.any():  # drop finished rows (one host sync)
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            rows, done, pos, att, tok = rows[keep], done[keep], pos[keep], att[keep], tok[keep]
+            for layer in cache.layers:
+                layer.batch_select_indices(keep)
+        att[:, P + t] = 1
         pos = pos + 1
-        logits = decode_one_token(model, tok, mask, pos, cache)
-    resp = torch.stack(tokens, dim=1)  # [B, T]
-    return resp, response_mask(resp, eos_ids), torch.stack(logps, dim=1)
+        logits = decode_one_token(model, tok, att[:, :P + t + 1], pos[:, None], cache)
+    resp_mask = response_mask(out, eos_ids)
+    T = max(int(resp_mask.sum(1).max()), 1)  # drop columns that are padding in every row
+    return out[:, :T], resp_mask[:, :T], out_logp[:, :T]
+
+
+# ----------------------------------------------------------------------------- scoring a response
+CHUNK = 1024  # response tokens per vocabulary projection: bounds the [tokens, V] fp32 logits in memory
+
+
+def output_hidden(model, **inputs):
+    """The model's forward, returning the hidden states that enter its output layer ([N, L', H], the
+    positions `logits_to_keep` selects) instead of logits; the vocabulary projection is left to the
+    caller, chunk by chunk. Assumes a plain linear output layer (Qwen, Llama, Mistral, GPT-2)."""
+    captured = []
+
+    def take_input(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :],)  # the output layer projects nothing
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(take_input)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def chunk_scores(weight, hidden, tokens, temperature, with_entropy):
+    """log p(tokens) and the entropy of the next-token distribution for a chunk of positions:
+    hidden [C, H], tokens [C] -> ([C], [C] or None). The [C, V] logits live only in here."""
+    logits = hidden @ weight.t()  # [C, V]
+    logp = token_logprobs(logits[None], tokens[None], temperature)[0]  # [C]
+    if not with_entropy:
+        return logp, None
+    with torch.no_grad():
+        z = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, -1)
+        return logp, -(z.exp() * z).sum(-1)
+
+
+def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperature=1.0,
+                      with_entropy=False, chunk=CHUNK, **model_inputs):
+    """log p(resp_t | prompt, resp_<t) for every response column: [N, T] (and entropy [N, T]).
+
+    Sequence = left-padded prompt [N, P] + right-padded response [N, T]; the hidden states at columns
+    P-1 .. P+T-2 predict the response. Only real response tokens are projected onto the vocabulary,
+    `chunk` at a time; with gradients on, each chunk is recomputed in the backward instead of kept,
+    so no [N, T, V] tensor ever exists. Padding columns get 0."""
+    width = int(prompt_mask.sum(1).max())  # drop columns that are padding in every row
+    ids = torch.cat([prompt_ids[:, -width:], resp], dim=1)  # [N, P + T]
+    mask = torch.cat([prompt_mask[:, -width:], resp_mask], dim=1)
+    T = resp.shape[1]
+    hidden = output_hidden(model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                           logits_to_keep=T + 1, use_cache=False, **model_inputs)[:, :T]  # [N, T, H]
+    sel = resp_mask.bool()
+    h, tokens = hidden[sel], resp[sel]  # [M, H], [M]: real response tokens only
+    weight = model.get_output_embeddings().weight  # [V, H]
+    score = partial(chunk_scores, temperature=temperature, with_entropy=with_entropy)
+    if torch.is_grad_enabled():
+        score = partial(checkpoint, score, use_reentrant=False)
+    parts = [score(weight, h[i:i + chunk], tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)]
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    logp = torch.zeros(resp.shape, dtype=dtype, device=resp.device).masked_scatter(
+        sel, torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=dtype))  # [N, T]
+    if not with_entropy:
+        return logp
+    ent = torch.zeros(resp.shape, dtype=dtype, device=resp.device)
+    return logp, ent.masked_scatter(sel, torch.cat([p[1] for p in parts]) if parts else ent[sel])
+
+
+# ----------------------------------------------------------------------------- memory
+def kv_bytes_per_token(config, dtype_bytes=2):
+    """Bytes of K and V that one token adds to the cache: 2 * layers * kv_heads * head_dim * dtype."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * heads * head_dim * dtype_bytes
+
+
+def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2, reserve=0.1):
+    """Rows per generate call that fit in free_bytes (less a `reserve` share): each row holds its KV
+    cache for prompt + budget, or, during the prefill, the prompt's cache plus one layer's transient
+    activations (~(4 hidden + 3 intermediate) values per token); plus fp32 logits and probabilities."""
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    kv = kv_bytes_per_token(config, dtype_bytes)
+    act = (4 * c.hidden_size + 3 * getattr(c, "intermediate_size", 4 * c.hidden_size)) * dtype_bytes
+    per_row = max(kv * (prompt_len + max_new_tokens), (kv + act) * prompt_len) + 3 * 4 * c.vocab_size
+    return max(1, int(free_bytes * (1 - reserve) // per_row))
 
 
 def eos_token_ids(model, tokenizer):

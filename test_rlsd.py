@@ -144,13 +144,13 @@ def test_micro_batches_give_the_same_gradient():
     r_mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1] * 4 + [0]])
     adv = torch.randn(4, 5) * r_mask
     with torch.no_grad():
-        old = train.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0) + 0.1 * torch.randn(4, 5)
+        old = sample.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0) + 0.1 * torch.randn(4, 5)
     n = r_mask.sum()
 
     def grads(splits):
         model.zero_grad()
         for s in splits:
-            logp = train.response_logprobs(model, p_ids[s], p_mask[s], resp[s], r_mask[s], 1.0)
+            logp = sample.response_logprobs(model, p_ids[s], p_mask[s], resp[s], r_mask[s], 1.0)
             rlsd.policy_loss(logp, old[s], adv[s], r_mask[s], num_tokens=n)[0].backward()
         return [p.grad.clone() for p in model.parameters()]
 
@@ -204,7 +204,7 @@ def test_sampler_logprobs_equal_training_forward_and_top_p(kind):
     ids, mask = sample.left_pad([[3, 4, 5, 6], [7, 8], [9]], pad_id=0)
     gen = torch.Generator().manual_seed(0)
     resp, rmask, lp = sample.generate(model, ids, mask, 8, eos_ids={2}, pad_id=0, temperature=0.7, generator=gen)
-    again = train.response_logprobs(model, ids, mask, resp, rmask, 0.7)
+    again = sample.response_logprobs(model, ids, mask, resp, rmask, 0.7)
     torch.testing.assert_close(again * rmask, lp * rmask)
     # top_p keeps only the smallest set of tokens reaching p: here just the 0.5 token
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
@@ -222,13 +222,54 @@ def test_teacher_logprobs_read_at_student_response_positions(kind):
     rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     for prompts in (student, teacher):
         ids, mask = sample.left_pad(prompts, pad_id=0)
-        got = train.response_logprobs(model, ids, mask, resp, rmask, 1.0)
+        got = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0)
         for i, p in enumerate(prompts):
             n = int(rmask[i].sum())
             full = torch.tensor([p + resp[i, :n].tolist()])
             logits = model(input_ids=full).logits[0, len(p) - 1:len(p) - 1 + n]
             want = torch.log_softmax(logits, -1).gather(-1, resp[i, :n, None])[:, 0]
             torch.testing.assert_close(got[i, :n], want)
+
+
+@KINDS
+@pytest.mark.parametrize("sync_every", [1, 3, 16])
+def test_greedy_equals_hf_generate_when_rows_finish_at_different_steps(kind, sync_every):
+    """Finished rows leave the working batch (every sync_every tokens); the others must not notice."""
+    model = tiny_model(kind)
+    ids, mask = sample.left_pad([[3, 4, 5, 6], [7, 8], [9, 10, 11], [12]], pad_id=1)
+    free, _, _ = sample.generate(model, ids, mask, 14, eos_ids=set(), pad_id=1, temperature=0)
+    eos = {int(free[0, 1]), int(free[2, 6])}  # rows end at different steps (or run to the budget)
+    resp, rmask, lp = sample.generate(model, ids, mask, 14, eos_ids=eos, pad_id=1, temperature=0,
+                                      sync_every=sync_every)
+    ref = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=14, do_sample=False,
+                         eos_token_id=sorted(eos), pad_token_id=1)[:, ids.shape[1]:]
+    lengths = rmask.sum(1).tolist()
+    assert len(set(lengths)) > 1 and min(lengths) <= 2
+    assert torch.equal(resp, ref[:, :resp.shape[1]]) and (ref[:, resp.shape[1]:] == 1).all()
+    again = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0)
+    torch.testing.assert_close(again * rmask, lp * rmask)  # log-probs of the dropped rows stay right
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_chunked_logprobs_entropy_and_gradient_equal_unchunked(chunk):
+    model = tiny_model()
+    torch.manual_seed(5)
+    ids, mask = sample.left_pad([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 0)
+    resp = torch.randint(1, 32, (3, 6))
+    rmask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]])
+    logp, ent = sample.response_logprobs(model, ids, mask, resp, rmask, 0.8, with_entropy=True, chunk=chunk)
+    (logp * torch.arange(6)).sum().backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    seq, smask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)  # plain: all [N, T, V] logits at once
+    logits = model(input_ids=seq, attention_mask=smask, position_ids=sample.position_ids(smask)).logits[:, 3:9]
+    z = torch.log_softmax(logits / 0.8, -1)
+    want = z.gather(-1, resp[..., None])[..., 0] * rmask
+    torch.testing.assert_close(logp, want)
+    torch.testing.assert_close(ent, -(z.exp() * z).sum(-1).detach() * rmask)
+    (want * torch.arange(6)).sum().backward()
+    for a, p in zip(got, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
 
 
 # ----------------------------------------------------------------------------- verify.py
@@ -548,13 +589,17 @@ def test_jsonl_fields_and_solution_answer(tmp_path):
 
 
 # ----------------------------------------------------------------------------- distributed equivalence
-def _update_worker(rank, world, port, out_file, micro_batch, poison=False):
+def _update_worker(rank, world, port, out_file, micro_batch, mode):
+    """One train_step on a global batch split over `world` gloo processes. The model is built the way
+    train.py builds it: meta skeleton, sharded, weights broadcast from rank 0's plainly built copy."""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.manual_seed(0)
     tok = train.toy_tokenizer()
-    model = train.toy_model(tok)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    plain = train.toy_model(tok)
+    init = {k: v.clone() for k, v in plain.state_dict().items()}
+    model = train.build_sharded(lambda: train.toy_model(tok), plain.state_dict() if rank == 0 else {},
+                                torch.device("cpu"), torch.float32, mixed_precision=False)
     g = torch.Generator().manual_seed(1)
     N, P, T = 8, 6, 5  # one global batch, identical on every rank
     p_ids = torch.randint(1, len(tok), (N, P), generator=g)
@@ -563,48 +608,65 @@ def _update_worker(rank, world, port, out_file, micro_batch, poison=False):
     resp = torch.randint(1, len(tok), (N, T), generator=g)
     r_mask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=g)).long()
     with torch.no_grad():
-        logp = train.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0)
-    batch = dict(prompt_ids=p_ids, prompt_mask=p_mask, resp=resp, resp_mask=r_mask,
-                 logp_old=logp + 0.3 * torch.randn(N, T, generator=g),  # rho != 1: clipping is active
-                 token_adv=torch.randn(N, T, generator=g) * r_mask)
-    if poison:
-        batch["token_adv"][0, 0] = float("nan")
+        pos = sample.position_ids(p_mask)
+        logits = [m(input_ids=p_ids, attention_mask=p_mask, position_ids=pos).logits for m in (plain, model)]
+        train.reshard(model)
+        logp = sample.response_logprobs(plain, p_ids, p_mask, resp, r_mask, 1.0)
+    adv = torch.randn(N, generator=g)
+    adv[1] = 0.0  # a group with equal rewards
+    logp_teacher = logp + 0.3 * torch.randn(N, T, generator=g)  # weights away from 1, some clipped
+    if mode == "poison":
+        adv[0] = float("nan")
+    batch = dict(prompt_ids=p_ids, prompt_mask=p_mask, resp=resp, resp_mask=r_mask, adv=adv,
+                 logp_teacher=None if mode == "grpo" else logp_teacher)
     share = N // world
-    batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
-    train.shard(model, torch.device("cpu"), mixed_precision=False)
+    batch = {k: v[rank * share:(rank + 1) * share] if v is not None else None for k, v in batch.items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD, unlike Adam, shows any gradient scale error
-    args = Namespace(micro_batch=micro_batch, temperature=1.0, clip_low=0.2, clip_high=0.28, grad_clip=1e9)
-    stats = train.train_step(model, opt, batch, args, world)
+    args = Namespace(micro_batch=micro_batch, temperature=1.0, clip_low=0.2, clip_high=0.28, grad_clip=1e9, eps_w=0.2)
+    stats = train.train_step(model, opt, batch, 0.0 if mode in ("lam0", "grpo") else 0.5, args, world)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
-        torch.save({"sd": sd, "stats": stats, "init": init}, out_file)
+        torch.save({"sd": sd, "stats": stats, "init": init, "logits": logits}, out_file)
     dist.barrier()  # no rank tears gloo down while another still uses it
     dist.destroy_process_group()
 
 
-def _run_update(tmp_path, world, micro_batch, poison=False):
+def _run_update(tmp_path, world, micro_batch, mode="rlsd"):
     import socket
     with socket.socket() as s:  # a free port for the process group's store
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = str(tmp_path / f"w{world}.pt")
-    torch.multiprocessing.spawn(_update_worker, nprocs=world, args=(world, port, out, micro_batch, poison))
+    out = str(tmp_path / f"w{world}-{mode}.pt")
+    torch.multiprocessing.spawn(_update_worker, nprocs=world, args=(world, port, out, micro_batch, mode))
     return torch.load(out)
 
 
-def test_two_process_fsdp_update_equals_one_process(tmp_path):
+def test_two_process_fsdp_update_equals_one_process_and_meta_init_equals_plain(tmp_path):
     one = _run_update(tmp_path, 1, micro_batch=3)
     two = _run_update(tmp_path, 2, micro_batch=2)
-    assert one["stats"]["loss"] == pytest.approx(two["stats"]["loss"], abs=1e-6)
-    assert one["stats"]["grad_norm"] == pytest.approx(two["stats"]["grad_norm"], rel=1e-5)
-    assert one["stats"]["ratio_clip_frac"] > 0
+    for run in (one, two):  # the meta-initialised, broadcast, sharded model computes what the plain one does
+        torch.testing.assert_close(run["logits"][1], run["logits"][0], atol=1e-5, rtol=0)
+    for k in ["loss", "grad_norm", "policy/entropy", "rlsd/delta_mean", "rlsd/weight_mean", "rlsd/clip_low",
+              "rlsd/clip_high"]:
+        assert one["stats"][k] == pytest.approx(two["stats"][k], rel=1e-5, abs=1e-7), k
+    assert one["stats"]["rlsd/clip_low"] > 0 and one["stats"]["rlsd/clip_high"] > 0  # the weights are active
+    assert one["stats"]["ppo/clip_frac"] == 0  # one update per rollout: rho = 1
     for k in one["sd"]:
         torch.testing.assert_close(one["sd"][k], two["sd"][k], atol=1e-5, rtol=0)
+        assert not torch.equal(one["sd"][k], one["init"][k]) or k.endswith("inv_freq")
+
+
+def test_rlsd_step_at_lam_zero_is_exactly_the_grpo_step(tmp_path):
+    lam0 = _run_update(tmp_path, 1, micro_batch=3, mode="lam0")
+    grpo = _run_update(tmp_path, 1, micro_batch=3, mode="grpo")
+    assert lam0["stats"] == grpo["stats"]
+    for k in lam0["sd"]:
+        assert torch.equal(lam0["sd"][k], grpo["sd"][k]), k
 
 
 def test_non_finite_update_is_skipped(tmp_path):
-    res = _run_update(tmp_path, 2, micro_batch=4, poison=True)
+    res = _run_update(tmp_path, 2, micro_batch=4, mode="poison")
     assert res["stats"]["skipped"] == 1 and not math.isfinite(res["stats"]["loss"])
     for k, v in res["init"].items():  # parameters untouched
         torch.testing.assert_close(res["sd"][k], v, atol=0, rtol=0)
@@ -620,11 +682,11 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     assert res.returncode == 0, res.stderr[-3000:]
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
-    for key in ["reward", "response_len", "truncated_frac", "lam", "delta_mean", "w_mean", "w_clip_low_frac",
-                "w_clip_high_frac", "ratio_clip_frac", "entropy", "grad_norm", "leak_rate", "step_time",
-                "tokens_per_s"]:
+    for key in ["train/reward", "train/response_len", "train/truncated", "rlsd/lam", "rlsd/delta_mean",
+                "rlsd/weight_mean", "rlsd/clip_low", "rlsd/clip_high", "ppo/clip_frac", "policy/entropy", "grad_norm",
+                "leak/rate", "time/step_s", "time/tokens_per_s"]:
         assert math.isfinite(recs[1][key]), key
-    assert recs[1]["lam"] == 0.5 and recs[2]["lam"] == pytest.approx(0.49)
+    assert recs[1]["rlsd/lam"] == 0.5 and recs[2]["rlsd/lam"] == pytest.approx(0.49)
     assert "eval/accuracy" in recs[0] and "eval/accuracy" in recs[2] and "eval/accuracy" in recs[4]
     assert (out / "checkpoint-2" / "model.safetensors").exists() and not (out / "final.tmp").exists()
 
@@ -655,4 +717,4 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out2 / "final" / "model.safetensors").exists()
     recs = [json.loads(l) for l in (out2 / "metrics.jsonl").read_text().splitlines()]
-    assert recs[-1]["step"] == 2 and recs[-1]["lam"] == 0.0 and "w_mean" not in recs[-1]
+    assert recs[-1]["step"] == 2 and recs[-1]["rlsd/lam"] == 0.0 and "rlsd/weight_mean" not in recs[-1]

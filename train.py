@@ -10,6 +10,7 @@ teacher + old-policy log-probs under no_grad, RLSD token advantages, one clipped
 import argparse
 import contextlib
 import copy
+import datetime
 import json
 import math
 import os
@@ -22,13 +23,13 @@ import time
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
-from rlsd import group_advantages, lam_schedule, policy_loss, rlsd_token_advantages, token_logprobs
-from sample import eos_token_ids, format_prompt, generate, left_pad, position_ids
+from rlsd import group_advantages, lam_schedule, policy_loss, rlsd_token_advantages
+from sample import auto_gen_batch, eos_token_ids, format_prompt, generate, left_pad, position_ids, response_logprobs
 from verify import extract_answer, reward
 
 # ----------------------------------------------------------------------------- prompts
@@ -49,9 +50,17 @@ def teacher_prompt(question, answer):
 # ----------------------------------------------------------------------------- arguments
 # Flags left at None take the paper's value with --model, the toy value without it.
 PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=4096,
-             micro_batch=4, gen_batch=64, eval_size=256, gradient_checkpointing=True, save_every=50)
+             micro_batch=4, gen_batch="auto", eval_size=256, gradient_checkpointing=True, save_every=50)
 TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16,
-           micro_batch=256, gen_batch=0, eval_size=256, gradient_checkpointing=False, save_every=0)
+           micro_batch=256, gen_batch="auto", eval_size=256, gradient_checkpointing=False, save_every=0)
+
+
+def gen_batch_arg(v):
+    if v == "auto":
+        return v
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {v!r}")
+    return int(v)
 
 
 def parse_args(argv=None):
@@ -79,7 +88,8 @@ def parse_args(argv=None):
     a("--clip_low", type=float, default=0.2)
     a("--clip_high", type=float, default=0.28)
     a("--micro_batch", type=int, default=None, help="rows per forward/backward")
-    a("--gen_batch", type=int, default=None, help="rows per generate call (0 = all)")
+    a("--gen_batch", type=gen_batch_arg, default=None,
+      help="rows per generate call: N, 0 = all, or auto = what fits in free GPU memory (GPU default)")
     a("--gradient_checkpointing", type=int, default=None, help="1/0 (paper preset 1)")
     a("--eval_every", type=int, default=50, help="held-out accuracy every N steps (0 = start/end only)")
     a("--eval_size", type=int, default=None)
@@ -87,6 +97,7 @@ def parse_args(argv=None):
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
     a("--warmup_steps", type=int, default=600, help="format cold start of the built-in model (toy only)")
     a("--seed", type=int, default=0)
+    a("--timeout_min", type=float, default=60, help="process-group timeout: how long a rank waits for the others")
     a("--trust_remote_code", action="store_true")
     args = p.parse_args(argv)
     for k, v in (PAPER if args.model else TOY).items():
@@ -194,12 +205,17 @@ def toy_tokenizer():
     return tok
 
 
+def toy_config(tok):
+    from transformers import Qwen2Config
+    return Qwen2Config(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       architectures=["Qwen2ForCausalLM"])
+
+
 def toy_model(tok):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return Qwen2ForCausalLM(cfg)
+    from transformers import Qwen2ForCausalLM
+    return Qwen2ForCausalLM(toy_config(tok))
 
 
 def toy_warmup(model, tok, rows, steps=600, batch=64, lr=3e-3):
@@ -231,8 +247,9 @@ def toy_warmup(model, tok, rows, steps=600, batch=64, lr=3e-3):
 
 
 # ----------------------------------------------------------------------------- distributed
-def setup_distributed():
-    """Process group from torchrun's env (or a 1-process group for plain `python train.py`)."""
+def setup_distributed(timeout_min=60):
+    """Process group from torchrun's env (or a 1-process group for plain `python train.py`). The timeout
+    bounds how long a rank waits at a collective, e.g. for a slower rank's rollout."""
     if "RANK" not in os.environ:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -241,9 +258,46 @@ def setup_distributed():
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     return dist.get_rank(), dist.get_world_size(), device
+
+
+@contextlib.contextmanager
+def params_on_meta():
+    """Build modules with their parameters on the meta device (no memory) and their buffers for real,
+    so that buffers computed at construction (rotary inv_freq, not in any checkpoint) stay right."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":  # a tied parameter is already meta
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_ckpt=False):
+    """The model every rank trains: built on the meta device, sharded, then filled from rank 0's
+    full state dict (`full_state`, {} on the other ranks), one tensor at a time, by broadcast. Host
+    memory holds one full copy (rank 0's), whatever the number of processes."""
+    with params_on_meta():
+        model = make_model().to(dtype)
+    buffers = dict(model.named_buffers())  # real tensors, computed at construction
+    if grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    shard(model, device, mixed_precision)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, b in buffers.items():
+            model.get_buffer(name).copy_(b)
+    set_model_state_dict(model, dict(full_state),  # (it edits the dict it is given)
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
 
 
 def shard(model, device, mixed_precision):
@@ -270,8 +324,8 @@ def gathered(model):
     try:
         yield
     finally:
-        for m in mods:
-            m.set_reshard_after_forward(True, recurse=False)
+        for m in mods:  # as fully_shard set them: the root keeps its parameters from forward to backward
+            m.set_reshard_after_forward(m is not model, recurse=False)
         reshard(model)
 
 
@@ -289,45 +343,25 @@ def all_reduce_sum(values, device):
     return t.tolist()
 
 
-# ----------------------------------------------------------------------------- forward passes
-def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperature, with_entropy=False):
-    """log p(resp_t | prompt, resp_<t) for every response column: [N, T] (and entropy [N, T]).
-
-    Sequence = left-padded prompt [N, P] + right-padded response [N, T]; the logits at columns
-    P-1 .. P+T-2 predict the response, i.e. the last T+1 positions minus the final one."""
-    width = int(prompt_mask.sum(1).max())  # drop columns that are padding in every row
-    ids = torch.cat([prompt_ids[:, -width:], resp], dim=1)  # [N, P + T]
-    mask = torch.cat([prompt_mask[:, -width:], resp_mask], dim=1)
-    T = resp.shape[1]
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                   logits_to_keep=T + 1).logits[:, :T]  # [N, T, V]
-    if not with_entropy:
-        return token_logprobs(logits, resp, temperature)  # [N, T]
-    scaled = logits.float() / temperature  # cast once; the same values token_logprobs would build
-    z = torch.log_softmax(scaled, -1)
-    return token_logprobs(scaled, resp), -(z.exp() * z).sum(-1)  # logp, entropy [N, T]
+# ----------------------------------------------------------------------------- rollout, teacher pass, eval
+def gen_batch_size(model, prompts, args, device):
+    """Rows per generate call: --gen_batch, or with `auto` what fits in free device memory for the
+    longest prompt + the response budget (all rows on CPU)."""
+    if args.gen_batch != "auto":
+        return args.gen_batch or len(prompts)
+    if device.type != "cuda":
+        return len(prompts)
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    longest = max(len(p) for p in prompts)
+    return min(len(prompts), auto_gen_batch(model.config, longest, args.max_new_tokens, free, dtype_bytes=2))
 
 
-def batched_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, args, with_entropy=False):
-    """response_logprobs over micro-batches of args.micro_batch rows, under no_grad."""
-    outs = []
-    with torch.no_grad():
-        for i in range(0, resp.shape[0], args.micro_batch):
-            s = slice(i, i + args.micro_batch)
-            outs.append(response_logprobs(model, prompt_ids[s], prompt_mask[s], resp[s], resp_mask[s],
-                                          args.temperature, with_entropy))
-    if with_entropy:
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-    return torch.cat(outs)
-
-
-# ----------------------------------------------------------------------------- rollout and eval
 def rollout(model, tok, rows, repeat, args, eos, device, temperature, generator):
     """Sample `repeat` responses per row (a group stays consecutive). Returns responses [N, T],
-    mask [N, T] and decoded texts."""
+    mask [N, T], decoded texts and the rows per generate call it used."""
     pad = tok.pad_token_id
     prompts = [r["student_ids"] for r in rows for _ in range(repeat)]
-    step = args.gen_batch or len(prompts)
+    step = gen_batch_size(model, prompts, args, device)
     resps, masks = [], []
     for i in range(0, len(prompts), step):
         ids, mask = left_pad(prompts[i:i + step], pad)
@@ -339,7 +373,18 @@ def rollout(model, tok, rows, repeat, args, eos, device, temperature, generator)
     resp = torch.cat([torch.nn.functional.pad(r, (0, T - r.shape[1]), value=pad) for r in resps])
     mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1])) for m in masks])
     texts = tok.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)
-    return resp, mask, texts
+    return resp, mask, texts, step
+
+
+@torch.no_grad()
+def teacher_logprobs(teacher, ids, mask, resp, resp_mask, args):
+    """logp_T = log pi_teacher(y_t | x, a, y_<t) on the teacher prompt [N, P'] + the student's response
+    [N, T], read at the response columns; micro-batched, parameters gathered once for the pass."""
+    with gathered(teacher):
+        return torch.cat([response_logprobs(teacher, ids[i:i + args.micro_batch], mask[i:i + args.micro_batch],
+                                            resp[i:i + args.micro_batch], resp_mask[i:i + args.micro_batch],
+                                            args.temperature)
+                          for i in range(0, resp.shape[0], args.micro_batch)])
 
 
 def evaluate(model, tok, rows, args, eos, device, rank, world):
@@ -349,42 +394,58 @@ def evaluate(model, tok, rows, args, eos, device, rank, world):
     model.eval()
     with gathered(model):  # collective: every rank enters, even one with no rows
         if mine:
-            _, _, texts = rollout(model, tok, mine, 1, args, eos, device, 0.0, None)
+            _, _, texts, _ = rollout(model, tok, mine, 1, args, eos, device, 0.0, None)
             correct = sum(reward(t, r["answer"], r.get("options")) for t, r in zip(texts, mine))
     c, n = all_reduce_sum([correct, len(mine)], device)
     return c / max(n, 1)
 
 
 # ----------------------------------------------------------------------------- the update
-def train_step(model, opt, batch, args, world):
-    """One clipped policy-gradient update on this rank's share of the step's batch.
+def train_step(model, opt, batch, lam, args, world):
+    """Steps 5-9 on this rank's share of the step's batch, then one optimizer step.
 
-    batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], logp_old/token_adv [N, T].
-    The loss of each micro-batch is its summed token loss / the global token count, so adding the
-    micro-batches of all ranks gives the global token mean; FSDP averages gradients over ranks, so
-    the loss is multiplied by world to turn that average back into the sum."""
-    num_tokens = all_reduce_sum([batch["resp_mask"].sum().item()], batch["resp"].device)[0]
+    batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], adv [N], and logp_teacher [N, T]
+    (None for GRPO or once lam = 0: every token then carries A_i, exactly). There is one update per
+    rollout, so pi_old is the policy of this very forward: logp_old = logp.detach() (rho = 1) and no
+    separate old-policy pass is needed. Each micro-batch's loss is its summed token loss / the global
+    token count, so adding the micro-batches of all ranks gives the global token mean; FSDP averages
+    gradients over ranks, so the loss is multiplied by world to turn that average back into the sum.
+    Returns token-weighted diagnostics over all ranks."""
+    dev = batch["resp"].device
+    num_tokens = max(all_reduce_sum([batch["resp_mask"].sum().item()], dev)[0], 1.0)
     model.train()
     opt.zero_grad(set_to_none=True)
-    loss_sum, clip_sum, N = 0.0, 0.0, batch["resp"].shape[0]
-    for i in range(0, N, args.micro_batch):
-        mb = {k: v[i:i + args.micro_batch] for k, v in batch.items()}
-        logp = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mb["resp_mask"],
-                                 args.temperature)
-        loss, st = policy_loss(logp, mb["logp_old"], mb["token_adv"], mb["resp_mask"],
-                               args.clip_low, args.clip_high, num_tokens=max(num_tokens, 1.0))
+    sums = [0.0] * 9  # loss, clip*n, entropy*n, delta*n, w*n, low*nw, high*nw, n, nw
+    for i in range(0, batch["resp"].shape[0], args.micro_batch):
+        mb = {k: v[i:i + args.micro_batch] if v is not None else None for k, v in batch.items()}
+        mask = mb["resp_mask"]
+        logp, entropy = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask,
+                                          args.temperature, with_entropy=True)  # [n, T] each
+        logp_old = logp.detach()
+        if mb["logp_teacher"] is not None and lam > 0:
+            token_adv, w = rlsd_token_advantages(mb["adv"], mb["logp_teacher"], logp_old, mask, lam, args.eps_w)
+        else:  # GRPO: every token carries A_i
+            token_adv, w = mb["adv"][:, None] * mask, {}
+        loss, st = policy_loss(logp, logp_old, token_adv, mask, args.clip_low, args.clip_high, num_tokens=num_tokens)
         (loss * world).backward()
-        loss_sum += loss.item()
-        clip_sum += st["ratio_clip_frac"] * mb["resp_mask"].sum().item()
+        n, nw = mask.sum().item(), (mask * (mb["adv"] != 0)[:, None]).sum().item()
+        sums = [s + x for s, x in zip(sums, [
+            loss.item(), st["ratio_clip_frac"] * n, (entropy * mask).sum().item(), w.get("delta_mean", 0.0) * n,
+            w.get("w_mean", 0.0) * n, w.get("w_clip_low_frac", 0.0) * nw, w.get("w_clip_high_frac", 0.0) * nw, n, nw])]
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
-    loss, clip = all_reduce_sum([loss_sum, clip_sum], batch["resp"].device)
-    ok = math.isfinite(loss) and math.isfinite(grad_norm)
+    s = all_reduce_sum(sums, dev)
+    ok = math.isfinite(s[0]) and math.isfinite(grad_norm)
     if ok:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss, "grad_norm": grad_norm, "ratio_clip_frac": clip / max(num_tokens, 1.0),
-            "skipped": int(not ok)}
+    n, nw = max(s[7], 1.0), max(s[8], 1.0)
+    stats = {"loss": s[0], "ppo/clip_frac": s[1] / n, "policy/entropy": s[2] / n, "grad_norm": grad_norm,
+             "skipped": int(not ok)}
+    if batch["logp_teacher"] is not None and lam > 0:
+        stats.update({"rlsd/delta_mean": s[3] / n, "rlsd/weight_mean": s[4] / n,
+                      "rlsd/clip_low": s[5] / nw, "rlsd/clip_high": s[6] / nw})
+    return stats
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -427,18 +488,17 @@ def main(argv=None):
     else:
         train_rows, eval_rows = toy_data(20000, args.eval_size, args.seed)
 
-    rank, world, device = setup_distributed()
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    # ---- model: rank 0 loads the weights once; every rank builds a sharded skeleton and receives them
+    rank, world, device = setup_distributed(args.timeout_min)
+    torch.manual_seed(args.seed)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     if args.model:
         tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-        save_dtype = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code).dtype
-        save_dtype = (getattr(torch, save_dtype) if isinstance(save_dtype, str) else save_dtype) or torch.float32
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32,  # fp32 master weights
-                                                     trust_remote_code=args.trust_remote_code)
+        config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+        save_dtype = config.dtype if isinstance(config.dtype, torch.dtype) else getattr(torch, config.dtype or "float32")
     else:
         tok, save_dtype = toy_tokenizer(), torch.float32
-        model = toy_model(tok)
+        config = toy_config(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     train_rows = tokenize(train_rows, tok, args.max_prompt_len)
@@ -446,16 +506,24 @@ def main(argv=None):
     if len(train_rows) < args.prompts_per_step:
         fail(f"{len(train_rows)} usable training prompts (<= {args.max_prompt_len} tokens), "
              f"fewer than --prompts_per_step {args.prompts_per_step}")
-    if not args.model:
-        toy_warmup(model, tok, train_rows, steps=args.warmup_steps)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    arch, eos = type(model).__name__, eos_token_ids(model, tok)
+    full_state = {}
+    if rank == 0:  # the only full copy of the weights in host memory
+        if args.model:
+            source = AutoModelForCausalLM.from_pretrained(args.model, dtype=save_dtype,
+                                                          trust_remote_code=args.trust_remote_code)
+        else:
+            source = toy_model(tok)
+            toy_warmup(source, tok, train_rows, steps=args.warmup_steps)
+        full_state = source.state_dict()
+    cuda = device.type == "cuda"
+    make = lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
+    model = build_sharded(make, full_state, device, torch.float32, cuda, bool(args.gradient_checkpointing))
     teacher = None
-    if args.algo == "rlsd":  # a sharded module cannot be deep-copied: copy before fully_shard
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
-        shard(teacher, device, device.type == "cuda")
-    shard(model, device, device.type == "cuda")
+    if args.algo == "rlsd":  # frozen copy, refreshed every --teacher_sync steps; bf16 on GPU
+        teacher = build_sharded(make, full_state, device, torch.bfloat16 if cuda else torch.float32, False)
+        teacher.eval().requires_grad_(False)
+    del full_state
+    arch, eos = model.config.architectures[0] if model.config.architectures else type(model).__name__, eos_token_ids(model, tok)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     torch.manual_seed(args.seed * 1000 + rank + 1)  # per-rank sampling
     gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank + 1)
@@ -482,51 +550,47 @@ def main(argv=None):
         batch_idx, order = order[:args.prompts_per_step], order[args.prompts_per_step:]
         rows = [train_rows[i] for i in batch_idx[rank * per_rank:(rank + 1) * per_rank]]
 
-        # 1. group sampling (parameters stay gathered for the rollout and the old-policy pass)
+        # ---- 1. group sampling (parameters stay gathered for the whole rollout)
         model.eval()
-        s_ids, s_mask = left_pad([r["student_ids"] for r in rows for _ in range(G)], tok.pad_token_id)
-        s_ids, s_mask = s_ids.to(device), s_mask.to(device)
         with gathered(model):
-            resp, resp_mask, texts = rollout(model, tok, rows, G, args, eos, device, args.temperature, gen)
-            # 4a. logp_S = log pi_old(y_t | x, y_<t)
-            logp_old, entropy = batched_logprobs(model, s_ids, s_mask, resp, resp_mask, args, with_entropy=True)
-        # 2-3. binary rewards, group advantages
+            resp, resp_mask, texts, gen_batch = rollout(model, tok, rows, G, args, eos, device, args.temperature, gen)
+        t_rollout = time.time()
+
+        # ---- 2-3. binary rewards, group advantages
         refs = [r for r in rows for _ in range(G)]
         rewards = torch.tensor([reward(t, r["answer"], r.get("options")) for t, r in zip(texts, refs)],
                                device=device)  # [N]
         adv = group_advantages(rewards, G)  # [N]
-        # 4b-8. teacher log-probs on teacher prompt + the same response tokens, token advantages
+
+        # ---- 4. teacher pass: teacher prompt + the same response tokens (skipped once lam = 0)
         lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if teacher is not None else 0.0
-        if teacher is not None:
-            t_ids, t_mask = left_pad([r["teacher_ids"] for r in rows for _ in range(G)], tok.pad_token_id)
-            logp_t = batched_logprobs(teacher, t_ids.to(device), t_mask.to(device), resp, resp_mask, args)
-            reshard(teacher)
-            token_adv, wst = rlsd_token_advantages(adv, logp_t, logp_old, resp_mask, lam, args.eps_w)
-        else:  # GRPO: every token carries A_i
-            token_adv, wst = adv[:, None] * resp_mask, {}
-        # 9. policy update
-        batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask,
-                     logp_old=logp_old, token_adv=token_adv)
-        st = train_step(model, opt, batch, args, world)
+        logp_teacher = None
+        if lam > 0:
+            t_ids, t_mask = left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id)
+            logp_teacher = teacher_logprobs(teacher, t_ids.to(device), t_mask.to(device), resp, resp_mask, args)
+        t_teacher = time.time()
+
+        # ---- 5-9. token advantages and the policy update
+        s_ids, s_mask = left_pad([r["student_ids"] for r in refs], tok.pad_token_id)
+        batch = dict(prompt_ids=s_ids.to(device), prompt_mask=s_mask.to(device), resp=resp, resp_mask=resp_mask,
+                     adv=adv, logp_teacher=logp_teacher)
+        st = train_step(model, opt, batch, lam, args, world)
         if teacher is not None and step % args.teacher_sync == 0:  # teacher <- policy (same shards)
             with torch.no_grad():
                 for pt, ps in zip(teacher.parameters(), model.parameters()):
                     pt.copy_(ps)
+        t_update = time.time()
 
-        # logging: token-weighted means over all ranks
-        ntok = resp_mask.sum().item()
+        # ---- logging: means over all ranks
         truncated = ~(torch.isin(resp, torch.tensor(sorted(eos), device=device)) & resp_mask.bool()).any(1)
-        keys = ["delta_mean", "w_mean", "w_clip_low_frac", "w_clip_high_frac"]
-        sums = all_reduce_sum([rewards.sum().item(), len(texts), ntok, truncated.sum().item(),
-                               (entropy * resp_mask).sum().item(),
-                               sum(LEAK_MARKER in t.lower() for t in texts)] +
-                              [wst.get(k, 0.0) * ntok for k in keys], device)
-        n_rows, n_tok = sums[1], max(sums[2], 1.0)
-        dt = time.time() - t0
-        rec = {"step": step, "reward": sums[0] / n_rows, "response_len": sums[2] / n_rows,
-               "truncated_frac": sums[3] / n_rows, "lam": lam, "entropy": sums[4] / n_tok,
-               "leak_rate": sums[5] / n_rows, **{k: sums[6 + i] / n_tok for i, k in enumerate(keys) if wst},
-               **st, "step_time": dt, "tokens_per_s": sums[2] / dt}
+        sums = all_reduce_sum([rewards.sum().item(), len(texts), resp_mask.sum().item(), truncated.sum().item(),
+                               sum(LEAK_MARKER in t.lower() for t in texts)], device)
+        n_rows, dt = sums[1], time.time() - t0
+        rec = {"step": step, "train/reward": sums[0] / n_rows, "train/response_len": sums[2] / n_rows,
+               "train/truncated": sums[3] / n_rows, "rlsd/lam": lam, **st, "leak/rate": sums[4] / n_rows,
+               "rollout/gen_batch": gen_batch, "time/step_s": dt, "time/rollout_s": t_rollout - t0,
+               "time/teacher_s": t_teacher - t_rollout, "time/update_s": t_update - t_teacher,
+               "time/tokens_per_s": sums[2] / dt}
         bad = bad + 1 if st["skipped"] else 0
         if st["skipped"] and rank == 0:
             tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")
@@ -537,7 +601,7 @@ def main(argv=None):
         if args.save_every and step % args.save_every == 0 and step != args.steps:
             save_checkpoint(model, tok, os.path.join(args.out, f"checkpoint-{step}"), arch, save_dtype, rank)
         write(rec)
-        bar.set_postfix(reward=f"{rec['reward']:.3f}", s_step=f"{dt:.2f}",
+        bar.set_postfix(reward=f"{rec['train/reward']:.3f}", s_step=f"{dt:.2f}",
                         **({"eval": f"{rec['eval/accuracy']:.3f}"} if rec.get("eval/accuracy") is not None else {}))
 
     save_checkpoint(model, tok, os.path.join(args.out, "final"), arch, save_dtype, rank)
