@@ -1,0 +1,339 @@
+"""Benchmarks, each printed side by side against its baseline from the same process, and a memory plan.
+
+    python bench.py                     # 1-3 below on CPU (a few minutes on 2 cores)
+    python bench.py --only rollout      # or step, memory
+    python bench.py --plan Qwen3-8B --gpus 8 --gpu_mem 80    # 4: per-GPU memory plan, no download
+
+1. rollout: tokens/s of sample.generate vs transformers' model.generate on the same random model,
+   prompts and forced lengths (no EOS), greedy, and whether their outputs are equal.
+2. step: seconds per training step split into rollout / teacher / update, for rlsd while lam > 0,
+   rlsd once lam = 0 and grpo, on the same rollout.
+3. memory: peak memory per process of each phase, 1 vs 2 processes, next to the plan of 4.
+4. plan: bytes per GPU of each phase from a model config (a few known presets ship here), and the
+   largest generate batch that fits.
+On a GPU, 1 also reports decode memory bandwidth as a share of the device's peak and 2 the update's MFU.
+"""
+import argparse
+import os
+import socket
+import sys
+import time
+
+import torch
+
+import sample
+
+# ----------------------------------------------------------------------------- model shapes
+# The few numbers of each config that the plan needs (from the models' config.json files).
+PRESETS = {
+    "Qwen3-1.7B": dict(hidden=2048, layers=28, inter=6144, heads=16, kv_heads=8, head_dim=128, vocab=151936, tied=True),
+    "Qwen3-4B": dict(hidden=2560, layers=36, inter=9728, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=True),
+    "Qwen3-8B": dict(hidden=4096, layers=36, inter=12288, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=False),
+    # Qwen3-VL-8B-Instruct: the Qwen3-8B language model plus a 27-block, 1152-wide vision tower
+    "Qwen3-VL-8B": dict(hidden=4096, layers=36, inter=12288, heads=32, kv_heads=8, head_dim=128, vocab=151936,
+                        tied=False, vision=dict(hidden=1152, layers=27, inter=4304, out=4096, patch=16)),
+}
+
+
+def shape_of(config):
+    """The plan's numbers from a transformers config."""
+    c = config.get_text_config()
+    return dict(hidden=c.hidden_size, layers=c.num_hidden_layers, inter=c.intermediate_size,
+                heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
+                head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+                vocab=c.vocab_size, tied=bool(getattr(config, "tie_word_embeddings", False)))
+
+
+def n_params(s):
+    """Parameters of a Qwen-style decoder (+ vision tower): attention, gated MLP, norms, embeddings."""
+    h, kv = s["hidden"], s["kv_heads"] * s["head_dim"]
+    attn = h * s["heads"] * s["head_dim"] * 2 + h * kv * 2
+    layer = attn + 3 * h * s["inter"] + 2 * h + 2 * s["head_dim"]  # (+ Qwen3's q/k norms)
+    n = s["layers"] * layer + s["vocab"] * h * (1 if s["tied"] else 2) + h
+    if "vision" in s:
+        v = s["vision"]
+        n += v["layers"] * (4 * v["hidden"] ** 2 + 2 * v["hidden"] * v["inter"]) + 4 * v["hidden"] * 4 * v["out"]
+    return n
+
+
+# ----------------------------------------------------------------------------- 4. the memory plan
+GiB = 2 ** 30
+
+
+def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_bytes=4, compute_bytes=2, teacher=True):
+    """Bytes per GPU at the peak of each phase of a step (FSDP2 over `gpus`, AdamW, fp32 master weights,
+    `compute_bytes` for gathered weights, activations and the KV cache).
+
+    resident : sharded fp32 weights + AdamW's two moments (+ the teacher's sharded weights)
+    rollout  : resident + all weights gathered + the KV cache of gen_batch rows x (prompt + response)
+               + fp32 logits/probabilities of one decode step
+    teacher  : resident + the teacher gathered + one micro-batch's no-grad forward + one logit chunk
+    update   : resident + sharded fp32 grads + gathered root weights (embeddings, head) and their grads
+               + two gathered blocks (one prefetched) + activations with checkpointing (each block's
+               input kept, one block recomputed) + one logit chunk (logits, log-softmax, grad)
+    """
+    P, h, L = n_params(s), s["hidden"], prompt_len + resp_len
+    per_block = (n_params(s) - s["vocab"] * h * (1 if s["tied"] else 2)) / s["layers"]
+    root = s["vocab"] * h * (1 if s["tied"] else 2)
+    kv_tok = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * compute_bytes  # K and V of one token
+    chunk = sample.CHUNK * s["vocab"] * 4 * 3
+    resident = P * master_bytes * 3 / gpus + (P * compute_bytes / gpus if teacher else 0)
+    tokens = micro_batch * L
+    block_act = tokens * (6 * h + 3 * s["inter"]) * compute_bytes  # one block's saved tensors, recomputed
+    plan = {
+        "resident": resident,
+        "rollout": resident + P * compute_bytes + gen_batch * L * kv_tok + gen_batch * s["vocab"] * 4 * 3,
+        "teacher": resident + (P * compute_bytes + tokens * (2 * h + s["inter"]) * compute_bytes + chunk if teacher else 0),
+        "update": resident + P * master_bytes / gpus + 2 * root * compute_bytes + 2 * per_block * compute_bytes
+                  + tokens * h * compute_bytes * s["layers"] + block_act + chunk,
+    }
+    return plan
+
+
+def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, reserve=0.1):
+    """The most rows per generate call whose rollout phase fits in (1 - reserve) of the GPU."""
+    lo, hi = 0, 100000
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        fits = memory_plan(s, gpus, mid, prompt_len, resp_len, micro_batch)["rollout"] <= gpu_bytes * (1 - reserve)
+        lo, hi = (mid, hi) if fits else (lo, mid - 1)
+    return lo
+
+
+def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch=None):
+    s = PRESETS[name]
+    gen = largest_gen_batch(s, gpus, gpu_mem * 1e9, prompt_len, resp_len, micro_batch)
+    gen_batch = gen_batch or gen
+    plan = memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch)
+    P = n_params(s)
+    print(f"memory plan: {name} ({P / 1e9:.2f}B parameters) on {gpus} x {gpu_mem} GB, prompt {prompt_len} + response "
+          f"{resp_len} tokens, micro-batch {micro_batch}, generate batch {gen_batch} (largest that fits: {gen})")
+    kv = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * 2
+    print(f"  fp32 weights + AdamW, sharded  {P * 12 / gpus / GiB:7.1f} GiB")
+    print(f"  teacher (bf16, sharded)        {P * 2 / gpus / GiB:7.1f} GiB")
+    print(f"  gathered weights (bf16)        {P * 2 / GiB:7.1f} GiB   (rollout and teacher pass)")
+    print(f"  KV cache per token per row     {kv / 2 ** 10:7.1f} KiB; {gen_batch} rows x {prompt_len + resp_len} tokens = "
+          f"{gen_batch * (prompt_len + resp_len) * kv / GiB:.1f} GiB")
+    print(f"  one logit chunk ({sample.CHUNK} tokens)   {sample.CHUNK * s['vocab'] * 12 / GiB:7.1f} GiB")
+    for phase in ("rollout", "teacher", "update"):
+        ok = "fits" if plan[phase] <= gpu_mem * 1e9 else "DOES NOT FIT"
+        print(f"  peak {phase:8s}                {plan[phase] / GiB:7.1f} GiB   {ok} in {gpu_mem} GB")
+    return plan, gen
+
+
+# ----------------------------------------------------------------------------- 1. rollout
+def small_model(vocab=4096, dtype=torch.float32):
+    """The random model of the rollout benchmark: a 4-layer, 256-wide Qwen3."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
+                      eos_token_id=None, pad_token_id=0)
+    return Qwen3ForCausalLM(cfg).to(dtype).eval()
+
+
+def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
+    model = small_model(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 4096, (int(torch.randint(8, 33, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(rows)]
+    ids, mask = sample.left_pad(prompts, 0)
+    ids, mask = ids.to(device), mask.to(device)
+    print(f"1. rollout: {rows} prompts of 8-32 tokens, forced lengths, greedy, random 4-layer 256-wide Qwen3, {device}")
+    for n in lengths:
+        ours = lambda: sample.generate(model, ids, mask, n, eos_ids=set(), pad_id=0, temperature=0)[0]
+        hf = lambda: model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                    do_sample=False, pad_token_id=0)[:, ids.shape[1]:]
+        best, outs = {}, {}
+        for _ in range(reps):  # interleaved, best of reps: the machine's other load hits both alike
+            for name, fn in (("sample.py", ours), ("model.generate", hf)):
+                sync(device)
+                t = time.perf_counter()
+                with torch.no_grad():
+                    outs[name] = fn()
+                sync(device)
+                best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
+        tps = {k: rows * n / v for k, v in best.items()}
+        same = torch.equal(outs["sample.py"], outs["model.generate"])
+        print(f"   {rows} x {n:4d} new tokens: sample.py {tps['sample.py']:8.0f} tok/s   model.generate "
+              f"{tps['model.generate']:8.0f} tok/s   ratio {tps['sample.py'] / tps['model.generate']:.2f}x   "
+              f"greedy outputs equal: {same}")
+        if device.type == "cuda":
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            kv = sample.kv_bytes_per_token(model.config, 2) * rows * (ids.shape[1] + n / 2)
+            bw = (weights + kv) * n / best["sample.py"]
+            print(f"   decode bandwidth {bw / 1e9:.0f} GB/s = {bw / peak_bandwidth(device):.0%} of the device's peak")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_bandwidth(device):
+    """Peak memory bandwidth of the GPU in bytes/s (H100 SXM 3.35 TB/s, H200 4.8 TB/s, A100 2.0 TB/s)."""
+    name = torch.cuda.get_device_name(device)
+    return {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}.get(next((k for k in ("H200", "H100", "A100") if k in name), "H100"))
+
+
+# ----------------------------------------------------------------------------- 2. the training step
+def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
+    import rlsd
+    import train
+    args = train.parse_args(["--prompts_per_step", str(prompts), "--group_size", str(G), "--max_new_tokens",
+                             str(new_tokens), "--micro_batch", str(prompts * G), "--gen_batch", "0"])
+    tok = train.toy_tokenizer()
+    torch.manual_seed(0)
+    source = train.toy_model(tok).state_dict()
+    model = train.build_sharded(lambda: train.toy_model(tok), source, device, torch.float32, False)
+    teacher = train.build_sharded(lambda: train.toy_model(tok), source, device, torch.float32, False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    rows, _ = train.toy_data(prompts, 1, 0)
+    rows = train.tokenize(rows, tok, 256)
+    refs = [r for r in rows for _ in range(G)]
+    pad = tok.pad_token_id
+    s_ids, s_mask = [t.to(device) for t in sample.left_pad([r["student_ids"] for r in refs], pad)]
+    t_ids, t_mask = [t.to(device) for t in sample.left_pad([r["teacher_ids"] for r in refs], pad)]
+    gen = torch.Generator(device=device).manual_seed(0)
+    print(f"2. step: {prompts} prompts x {G} samples x {new_tokens} forced tokens, the built-in 2-layer 128-wide "
+          f"Qwen2, 1 process, {torch.get_num_threads()} threads, {device}")
+    times = {}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        model.eval()
+        with train.gathered(model):
+            resp, resp_mask, texts, _ = train.rollout(model, tok, rows, G, args, set(), device, 1.0, gen)
+        sync(device)
+        t_roll = time.perf_counter() - t0
+        adv = rlsd.group_advantages(torch.randn(len(refs), device=device).round(), G)
+        for name, lam in (("rlsd, lam > 0", 0.5), ("rlsd, lam = 0", 0.0), ("grpo", None)):
+            t1 = time.perf_counter()
+            logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, args) if lam else None
+            sync(device)
+            t2 = time.perf_counter()
+            batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
+                         logp_teacher=logp_t)
+            train.train_step(model, opt, batch, lam or 0.0, args, 1)
+            sync(device)
+            t3 = time.perf_counter()
+            best = times.setdefault(name, [1e9] * 3)
+            times[name] = [min(a, b) for a, b in zip(best, [t_roll, t2 - t1, t3 - t2])]
+    base = sum(times["grpo"])
+    for name, (r, t, u) in times.items():
+        print(f"   {name:14s} rollout {r:6.3f} s  teacher {t:6.3f} s  update {u:6.3f} s  = {r + t + u:6.3f} s/step  "
+              f"({(r + t + u) / base:.2f}x grpo)")
+
+
+# ----------------------------------------------------------------------------- 3. memory
+def rss_peak_reset():
+    """Peak resident memory (VmHWM) since the last call, in bytes; Linux resets it on '5' to clear_refs."""
+    with open("/proc/self/status") as f:
+        peak = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return peak
+
+
+def memory_config():
+    """A config large enough that its states dominate the process's own memory."""
+    from transformers import Qwen3Config
+    return Qwen3Config(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=2048,
+                       tie_word_embeddings=False, eos_token_id=None, pad_token_id=0)
+
+
+def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_batch):
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # (set before spawn too) freed tensors leave the RSS
+    import torch.distributed as dist
+    import rlsd
+    import train
+    from transformers import Qwen3ForCausalLM
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    cfg = memory_config()
+    base = rss_peak_reset()
+    full = {}
+    if rank == 0:
+        torch.manual_seed(0)
+        full = Qwen3ForCausalLM(cfg).state_dict()
+    model = train.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False, True)
+    teacher = train.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False).eval()
+    del full
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    args = train.parse_args(["--max_new_tokens", str(new_tokens), "--micro_batch", str(micro_batch), "--gen_batch", "0"])
+    g = torch.Generator().manual_seed(rank)
+    ids = torch.randint(1, 32000, (rows, prompt_len), generator=g)
+    mask = torch.ones_like(ids)
+    peaks = {}
+    for step in range(2):  # the second step has AdamW's moments allocated: the steady state
+        rss_peak_reset()
+        model.eval()
+        with train.gathered(model):
+            resp, resp_mask, _ = sample.generate(model, ids, mask, new_tokens, set(), 0, 1.0, 1.0, g)
+        peaks["rollout"] = rss_peak_reset() - base
+        logp_t = train.teacher_logprobs(teacher, ids, mask, resp, resp_mask, args)
+        peaks["teacher"] = rss_peak_reset() - base
+        adv = rlsd.group_advantages(torch.randn(rows, generator=g), 2)
+        batch = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, resp_mask=resp_mask, adv=adv, logp_teacher=logp_t)
+        train.train_step(model, opt, batch, 0.5, args, world)
+        peaks["update"] = rss_peak_reset() - base
+    torch.save(peaks, f"{out}.{rank}")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_memory(world, rows=8, prompt_len=256, new_tokens=256, micro_batch=4, out="/tmp/rlsd_bench_mem"):
+    """Peak RSS above the process's start, per phase, of one step on `world` gloo processes (rank 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    torch.multiprocessing.spawn(_memory_worker, nprocs=world,
+                                args=(world, port, out, rows, prompt_len, new_tokens, micro_batch))
+    return [torch.load(f"{out}.{r}") for r in range(world)]
+
+
+def bench_memory(rows=8, prompt_len=256, new_tokens=256, micro_batch=4):
+    s = shape_of(memory_config())
+    print(f"3. memory: peak RSS per process above its start, one step (the second), a 4-layer 512-wide Qwen3 with "
+          f"a 32k vocabulary ({n_params(s) / 1e6:.0f}M parameters, fp32), {rows} rows x {prompt_len} + {new_tokens} "
+          f"tokens per process, micro-batch {micro_batch}; plan = the memory plan for the same shapes")
+    for world in (1, 2):
+        got = measure_memory(world, rows, prompt_len, new_tokens, micro_batch)[0]
+        plan = memory_plan(s, world, rows, prompt_len, new_tokens, micro_batch, compute_bytes=4)
+        print(f"   {world} process{'es' if world > 1 else '  '}: " + "   ".join(
+            f"{k} {got[k] / 2 ** 20:6.0f} MiB (plan {plan[k] / 2 ** 20:6.0f})" for k in ("rollout", "teacher", "update")))
+
+
+# ----------------------------------------------------------------------------- main
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["rollout", "step", "memory"])
+    p.add_argument("--plan", choices=sorted(PRESETS), help="print the memory plan of a preset and exit")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpu_mem", type=float, default=80, help="GB per GPU")
+    p.add_argument("--prompt_len", type=int, default=4096)
+    p.add_argument("--response_len", type=int, default=4096)
+    p.add_argument("--micro_batch", type=int, default=4)
+    p.add_argument("--gen_batch", type=int, default=None, help="default: the largest that fits")
+    args = p.parse_args()
+    if args.plan:
+        print_plan(args.plan, args.gpus, args.gpu_mem, args.prompt_len, args.response_len, args.micro_batch,
+                   args.gen_batch)
+        return
+    import torch.distributed as dist
+    import train
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if not dist.is_initialized():
+        train.setup_distributed()
+    if args.only in (None, "rollout"):
+        bench_rollout(device)
+    if args.only in (None, "step"):
+        bench_step(device)
+    if args.only in (None, "memory") and device.type == "cpu":
+        bench_memory()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
