@@ -105,7 +105,7 @@ def _last_braced(text, commands=("\\boxed", "\\fbox")):
     return None
 
 
-ANSWER_COLON = re.compile(r"(?:(?<![^\W_])answer[ \t*_]*:|(?<![^\n])####)[ \t*_]*(?=[^\s*])", re.I)
+ANSWER_COLON = re.compile(r"(?:answer[ \t*_]*:|####)[ \t*_]*(?=[^\s*])")  # searched in lower case
 FINAL_STATEMENT = re.compile(r"final answer\s*(?:is\b|:)", re.I)
 MATH_ONLY = re.compile(r"\s*(?:\$\$(.+)\$\$|\\\[(.+)\\\]|\$(.+)\$|\\\((.+)\\\))[\s.]*", re.S)
 SENTENCE_END = re.compile(r"(?<=[.!?؟])\s+|(?<=[。！？])|\n")
@@ -135,7 +135,7 @@ def extract_with_rule(response, choice=0):
         rest = re.split(r"\.(?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
         if rest:
             return _refine(rest, choice), "answer_is"
-    line = _answer_line(window)
+    line = _answer_line(window, low)
     if line:
         return _refine(line, choice), "answer_line"
     tail = text.rstrip()
@@ -165,13 +165,16 @@ def extract_answer(response, choice=0):
     return extract_with_rule(response, choice)[0]
 
 
-def _answer_line(window):
+def _answer_line(window, low):
     """Text after the last "answer:" that has at most 80 characters before it on its line, or
     after a "####" that opens a line (GSM8K)."""
     last = None
-    for m in ANSWER_COLON.finditer(window):  # streamed: no list of matches on a long input
-        if m.start() <= 80 or window.rfind("\n", m.start() - 81, m.start()) >= 0:
-            last = m
+    for m in ANSWER_COLON.finditer(low):  # streamed: no list of matches on a long input
+        i, before = m.start(), low[m.start() - 1:m.start()]
+        if (before.isalnum() or (m.group()[0] == "#" and before not in ("", "\n"))
+                or (i > 80 and window.rfind("\n", i - 81, i) < 0)):
+            continue  # inside a word, a "####" inside a line, or too far into its line
+        last = m
     if last is None:
         return None
     j = window.find("\n", last.end())
