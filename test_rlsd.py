@@ -608,6 +608,7 @@ VERIFY_TABLE = [
     ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1-\\frac{1}{e}", None, 1),
     ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1-\\frac{1}{e}", None, 0),
     ("\\boxed{f(y) = y}", "f(x)=x", None, 1),
+    ("\\boxed{f(t) = 2t + 1}", "$f(x) = 2x + 1$", None, 1),
     ("\\boxed{f(y) = x}", "f(x)=x", None, 0),
     ("\\boxed{f(y) = y^2}", "f(x)=x", None, 0),
     ("\\boxed{y = 2x + 3}", "2x+3", None, 1),

@@ -40,8 +40,8 @@ unclosed <think> means there is no answer yet):
      without concluding earns nothing.
 
 Equivalence (is_equivalent), on both sides after stripping wrappers ($, \\(\\), \\text{},
-\\textbf{}, \\mathrm{} and kin, \\left, degrees, \\$, "percent"/"pct" -> %, trailing units after a
-value: "5 cm", "\\frac{1}{3} meters"):
+\\textbf{}, \\mathrm{} and kin, \\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words
+after a value, none of is/not/or/than/...: "5 cm", "\\frac{1}{3} meters", not "5 is too small"):
   - a left-hand side that is a name is dropped: x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2),
     \\frac{NO}{BO} = ..., S_{ABC}:S = 7:32, x \\in [0,1), x \\approx 11 (a name has letters and no
     digit or + - * ^ outside subscripts and parentheses, so "2x + z = 1" keeps its left side);
@@ -52,23 +52,26 @@ value: "5 cm", "\\frac{1}{3} meters"):
   - multiple choice: (B), B., B), "B) text", "Option B"; with `options`, an option's text counts as
     its letter; several different letters are not one letter;
   - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty =
-    \\infty), bare lists (split at commas, else semicolons) and \\{sets\\} in any order;
+    \\infty), bare lists (split at commas, else semicolons) and \\{sets\\} in any order (a set
+    equals a bare list, never a tuple);
   - numbers: integers exactly, anything else within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 =
     1,\\!000 = 1 000; a/b, \\frac, \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation;
     closed forms (+ - * / ^, parentheses, \\sqrt, \\pi, \\frac, n!) by value with a small bounded
     evaluator (no eval); a decimal with at least 4 significant digits also equals a non-decimal
     exact value or closed form that rounds to it at its number of places (2.6667 = 8/3, but
     0.333 != 1/3 and 3.1416 != 3.14159);
-  - decimal commas: when the response is in a language that writes them (Cyrillic, accented
-    Latin letters, or a few words: ist, und, est, donc, por, ...), an answer 3,5 means 3.5 unless a
-    3-digit grouping reading exists (3,500 stays 3500) or the reference is a list;
+  - decimal commas (reward only: it sees the response): when the response is in a language that
+    writes them (Cyrillic, accented Latin letters, or a few words: ist, und, est, donc, es, la,
+    ...) and the reference is no choice, an answer 3,5 means 3.5 unless a 3-digit grouping
+    reading exists (3,500 stays 3500) or the reference is a list; in English 3,5 stays a list;
   - percentages: x% equals x and x/100 (so 50% = 50 = 0.5, but 0.5 != 50 without a %);
   - otherwise text, case- and whitespace-insensitive.
 Linear time in the response length; long answers are compared as text; never raises.
 
 CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...]
-     python verify.py --jsonl FILE         (rows {response, answer[, options]}; prints accuracy;
-                                            a UTF-8 BOM is accepted, a bad row exits 2 naming it)
+     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8
+                                      BOM is accepted; a non-UTF-8 byte, a bad row or an unreadable
+                                      file prints one "error: FILE:LINE: ..." line and exits 2)
 """
 import argparse
 import json
@@ -666,7 +669,7 @@ def _sequence(s):
     return kind, [_normalize(q) for q in parts]
 
 
-FUNCTION = re.compile(r"\s*([A-Za-z])\(\s*([a-z])\s*\)\s*=")
+FUNCTION = re.compile(r"[\s$]*([A-Za-z])\(\s*([a-z])\s*\)\s*=")
 DECIMAL_COMMA_TEXT = re.compile(r"[а-яё]|[äöüßéèêëàâçñãõóòúùíìłąęśźżčřšžåøæ]|\b(?:ist|und|der|die|das|est|"
                                 r"es|la|el|le|il|de|donc|les|por|los|las|una|sono|della|jest|wynosi|het|een)\b", re.I)
 
