@@ -275,7 +275,8 @@ def test_chunked_logprobs_entropy_and_gradient_equal_unchunked(chunk):
 # ----------------------------------------------------------------------------- verify.py
 OPTS = ["3/11", "8/11", "1/2", "2/3"]
 # (response, reference, options, expected reward). Each row states a behaviour that Math-Verify, the
-# hendrycks MATH equivalence, Qwen2.5-Math's math_equal or MathVista/MMMU choice scoring document.
+# hendrycks MATH / Minerva equivalence, Qwen2.5-Math's math_equal or MathVista/MMMU choice scoring
+# document, or a convention stated in verify.py's docstring where they disagree or are silent.
 VERIFY_TABLE = [
     # extraction: answer tag, boxed / fbox (nested), "the answer is", Answer: line, fallback
     ("<answer>9</answer>", "9", None, 1),
@@ -484,11 +485,179 @@ VERIFY_TABLE = [
     ("<answer>London</answer>", "Paris", None, 0),
     ("<answer>yes</answer>", "Yes", None, 1),
     ("<answer>no</answer>", "yes", None, 0),
+    # ---- issue 9 (recall): each category of misses, the near-miss it must still refuse next to it
+    # multiple choice in free text: the final letter after others are ruled out; several letters offered stay 0
+    ("Because C is the only valid one", "C", None, 1),
+    ("Because C is the only valid one", "D", None, 0),
+    ("It cannot be A or B, so D", "D", None, 1),
+    ("It cannot be A or B, so D", "A", None, 0),
+    ("The answer: D", "D", None, 1),
+    ("The answer: D", "C", None, 0),
+    ("Checking each option, only (B) works.", "B", OPTS, 1),
+    ("A is wrong and C fails the check, so B.", "B", OPTS, 1),
+    ("A is wrong and C fails the check, so B.", "C", OPTS, 0),
+    ("So it is C or D.", "D", None, 0),
+    ("It is either C or D", "C", None, 0),
+    ("The correct options are A and C.", "C", None, 0),
+    ("A, C", "C", None, 0),
+    ("Maybe B.", "B", None, 0),
+    ("Let me check option C.", "C", None, 0),
+    ("A triangle has three sides.", "A", None, 0),
+    ("A is the only one that fits.", "A", None, 1),
+    ("I think B is right.", "B", None, 1),
+    ("The options are (A) 3/11 (B) 8/11 (C) 1/2 (D) 2/3", "D", OPTS, 0),
+    ("A) 3/11\nB) 8/11\nC) 1/2\nD) 2/3", "D", OPTS, 0),
+    ("Options: A. 3/11 B. 8/11 C. 1/2 D. 2/3", "D", OPTS, 0),
+    ("B. Because 8/11 is the only fraction left.", "B", OPTS, 1),
+    ("B. Because 8/11 is the only fraction left.", "C", OPTS, 0),
+    ("**C**\n\nThe other options fail.", "C", None, 1),
+    ("A. 3/11\nB. 8/11", "A", OPTS, 0),
+    ("The answer is C because it is the only even one", "C", None, 1),
+    ("The answer is C because it is the only even one", "B", None, 0),
+    ("So the probability is 8/11.", "B", OPTS, 1),
+    ("So the probability is 8/11.", "C", OPTS, 0),
+    ("Hence E.", "E", ["1", "2", "3", "4"], 0),
+    # free text without tag, box or "answer is": the only value of a concluding last sentence
+    ("Each basket holds 6 apples and there are 7 baskets, so in total there are **42** apples.", "42", None, 1),
+    ("Each basket holds 6 apples and there are 7 baskets, so in total there are **42** apples.", "41", None, 0),
+    ("每个篮子有6个苹果，共7个篮子。所以一共有42个。", "42", None, 1),
+    ("每个篮子有6个苹果，共7个篮子。所以一共有42个。", "7", None, 0),
+    ("إذن، عدد التفاحات هو **42**.", "42", None, 1),
+    ("Итак, всего 42 яблока.", "42", None, 1),
+    ("Donc il y a 42 pommes au total.", "42", None, 1),
+    ("Therefore she has 15 marbles left.", "15", None, 1),
+    ("Thus the area is $12\\pi$.", "12\\pi", None, 1),
+    ("So the total is 3 + 4 = 7 apples.", "7", None, 1),
+    ("So the total is 3 + 4 = 7 apples.", "4", None, 0),
+    ("So she paid $1.45 in total.", "1.45", None, 1),
+    ("So the pen costs $1.45 and the pad $2.10.", "1.45", None, 0),
+    ("So the answer should be 3 or 4.", "4", None, 0),
+    ("So the result is either 5 or 6 apples", "5", None, 0),
+    ("So maybe 12 apples.", "12", None, 0),
+    ("So I guess 12.", "12", None, 0),
+    ("The numbers are 3, 7, 2 and 9.", "9", None, 0),
+    ("So the numbers are 3, 7, 2 and 9.", "9", None, 0),
+    ("So the question asks how many apples remain after 5 days.", "5", None, 0),
+    ("So how many apples are left after 5 days?", "5", None, 0),
+    ("If John eats 5 apples, so what remains?", "5", None, 0),
+    ("Let x be 5, so we continue.", "5", None, 0),
+    ("The train travels at 60 miles per hour.", "60", None, 0),
+    ("There are **42** apples. I hope this helps!", "42", None, 0),
+    ("So there are 42 apples\nin total", "42", None, 0),
+    # a response that is just the answer in math delimiters
+    ("$[0,1)$", "[0,1)", None, 1),
+    ("$[0,1)$", "[0,1]", None, 0),
+    ("$(2, \\frac{7}{2})$", "(2, 3.5)", None, 1),
+    ("$(2, \\frac{7}{2})$", "(2, 7)", None, 0),
+    ("\\[ 9 \\]", "9", None, 1),
+    ("\\[\n9\n\\]", "9", None, 1),
+    ("$$ x = 4 $$", "4", None, 1),
+    ("$$ x = 4 $$", "5", None, 0),
+    ("$\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}$", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", None, 1),
+    ("$\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}$", "\\begin{pmatrix}1&0\\\\1&1\\end{pmatrix}", None, 0),
+    ("$\\text{even}$", "even", None, 1),
+    ("$\\text{even}$", "odd", None, 0),
+    ("$12:30$", "12:30", None, 1),
+    ("$12:30$", "12:45", None, 0),
+    ("work done above\n$\\{1, 2\\}$", "\\{2, 1\\}", None, 1),
+    ("$3$ or $4$", "4", None, 0),
+    ("$$3$$ $$4$$", "4", None, 0),
+    # the hendrycks MATH / Minerva format, also after an earlier box
+    ("Final Answer: The final answer is $1,250$. I hope it is correct.", "1250", None, 1),
+    ("Final Answer: The final answer is $1,250$. I hope it is correct.", "125", None, 0),
+    ("Final Answer: The volume is 120.", "120", None, 1),
+    ("Final Answer: The volume is 120.", "12", None, 0),
+    ("Final Answer: Jane started growing Sphere 3 hours ago. I hope it is correct.", "3", None, 1),
+    ("Final Answer: The largest $n$ is 34.", "34", None, 1),
+    ("So $\\boxed{200}$ after six months.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", "10455", None, 1),
+    ("So $\\boxed{200}$ after six months.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", "200", None, 0),
+    ("Final Answer: The smallest value is $\\boxed{14{,}916}$. I hope it is correct.", "14916", None, 1),
+    ("Final Answer: It is between 3 and 5.", "5", None, 0),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", "72", None, 1),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", "24", None, 0),
+    ("Call extension #### 72 later.", "72", None, 0),
+    # numbers: thin-space separators, \cfrac, percent spacing, currency, \approx, decimal commas
+    ("\\boxed{1,\\!250}", "1250", None, 1),
+    ("\\boxed{11,\\!111}", "11111", None, 1),
+    ("\\boxed{11,\\!111}", "11,112", None, 0),
+    ("\\boxed{32,\\! 349}", "32349", None, 1),
+    ("\\boxed{\\cfrac{1}{3}}", "1/3", None, 1),
+    ("\\boxed{\\cfrac{1}{3}}", "1/4", None, 0),
+    ("\\boxed{30 %}", "30\\%", None, 1),
+    ("\\boxed{30\\%}", "30%", None, 1),
+    ("\\boxed{28 percent}", "28\\%", None, 1),
+    ("\\boxed{30 %}", "40%", None, 0),
+    ("\\boxed{x \\approx 11}", "11", None, 1),
+    ("\\boxed{x \\approx 11}", "12", None, 0),
+    ("\\boxed{x = \\frac{1}{3} \\approx 0.33}", "1/3", None, 1),
+    ("Die Antwort ist 3,5.", "3.5", None, 1),
+    ("Die Antwort ist 3,5.", "35", None, 0),
+    ("La respuesta es 3,25 metros.", "3.25", None, 1),
+    ("Ответ: 0,5", "0.5", None, 1),
+    ("Die Antwort ist 3,500.", "3.5", None, 0),
+    ("Die Antwort ist 3,500.", "3500", None, 1),
+    ("The answer is 3,5.", "3.5", None, 0),
+    ("Die Lösungen sind \\boxed{3,5}", "3, 5", None, 1),
+    # a left-hand side in the reference or the response
+    ("\\boxed{1}", "f(x)=1", None, 1),
+    ("\\boxed{2}", "f(x)=1", None, 0),
+    ("\\boxed{1}", "|AB|=1", None, 1),
+    ("\\boxed{\\frac{1}{\\sqrt 6}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt 6}", None, 1),
+    ("\\boxed{\\frac{1}{\\sqrt 5}}", "\\frac{NO}{BO}=\\frac{1}{\\sqrt 6}", None, 0),
+    ("\\boxed{(3,2)}", "(p,q)=(3,2)", None, 1),
+    ("\\boxed{(2,3)}", "(p,q)=(3,2)", None, 0),
+    ("\\boxed{7:32}", "S_{ABC}:S=7:32", None, 1),
+    ("\\boxed{7:33}", "S_{ABC}:S=7:32", None, 0),
+    ("\\boxed{f(x)=1}", "1", None, 1),
+    ("\\boxed{(p,q)=(3,2)}", "(3, 2)", None, 1),
+    ("\\boxed{x \\in [-2, 7]}", "[-2,7]", None, 1),
+    ("\\boxed{1}", "2x + z = 1", None, 0),
+    ("\\boxed{0}", "a^2 + b = 0", None, 0),
+    ("\\boxed{4}", "x^2 = 4", None, 0),
+    ("\\boxed{x = 5 + 5 + 1 = 11}", "11", None, 1),
+    # units and text around a value, text answers, lists, sets
+    ("\\boxed{\\frac{1}{3}\\text{ meters}}", "1/3", None, 1),
+    ("\\boxed{\\frac{1}{3}\\text{ meters}}", "1/4", None, 0),
+    ("\\boxed{\\textbf{5}}", "5", None, 1),
+    ("\\boxed{\\mathbf{5}}", "6", None, 0),
+    ("\\boxed{1{,}000.99 m^2}", "1000.99", None, 1),
+    ("\\boxed{125\\textnormal{ miles}}", "125", None, 1),
+    ("\\boxed{5 is too small}", "5", None, 0),
+    ("Let me verify my answer: 5 is too small. So we try 6.", "5", None, 0),
+    ("\\boxed{odd}", "\\text{odd}", None, 1),
+    ("\\boxed{odd}", "\\text{even}", None, 0),
+    ("\\boxed{19, 46, and 82}", "19, 46, 82", None, 1),
+    ("\\boxed{19, 46, and 82}", "19, 46, 83", None, 0),
+    ("\\boxed{19 and 46}", "46", None, 0),
+    ("\\boxed{\\{-3, -2\\}}", "-3;-2", None, 1),
+    ("\\boxed{\\{-3, -1\\}}", "-3;-2", None, 0),
+    ("\\boxed{(-3, -2)}", "\\{-3, -2\\}", None, 0),
+    # intervals and tuples: infinities, decimals against fractions at the decimal's precision
+    ("\\boxed{(-\\infty, +\\infty)}", "(-\\infty,\\infty)", None, 1),
+    ("\\boxed{[2, +\\infty)}", "[2,\\infty)", None, 1),
+    ("\\boxed{(2, +\\infty)}", "[2,\\infty)", None, 0),
+    ("\\boxed{(0.6, 2.6667]}", "(\\frac35, \\frac83]", None, 1),
+    ("\\boxed{(0.6, 2.6666]}", "(\\frac35, \\frac83]", None, 0),
+    ("\\boxed{(0.6, 2.67]}", "(\\frac35, \\frac83]", None, 0),
+    ("\\boxed{0.3333}", "\\frac{1}{3}", None, 1),
+    ("\\boxed{3.1416}", "\\pi", None, 1),
+    ("\\boxed{7.99996}", "8", None, 0),
+    ("\\boxed{(1, 4.5)}", "(1,\\frac{9}{2})", None, 1),
+    # expressions that differ only in LaTeX spelling, renamed function variables
+    ("\\boxed{\\dfrac12 + \\frac{1}{72}}", "\\tfrac{1}{2} +\\! \\frac1{72}", None, 1),
+    ("\\boxed{\\dfrac12 + \\frac{1}{73}}", "\\tfrac{1}{2} +\\! \\frac1{72}", None, 0),
+    ("\\boxed{1 - \\frac{1}{\\mathrm{e}}}", "1-\\frac{1}{e}", None, 1),
+    ("\\boxed{1 + \\frac{1}{\\mathrm{e}}}", "1-\\frac{1}{e}", None, 0),
+    ("\\boxed{f(y) = y}", "f(x)=x", None, 1),
+    ("\\boxed{f(t) = 2t + 1}", "$f(x) = 2x + 1$", None, 1),
+    ("\\boxed{f(y) = x}", "f(x)=x", None, 0),
+    ("\\boxed{f(y) = y^2}", "f(x)=x", None, 0),
+    ("\\boxed{y = 2x + 3}", "2x+3", None, 1),
 ]
 
 
 def test_verify_table_size():
-    assert len(VERIFY_TABLE) >= 150
+    assert len(VERIFY_TABLE) >= 340
 
 
 @pytest.mark.parametrize("response,answer,options,expected", VERIFY_TABLE)
@@ -503,6 +672,25 @@ def test_verify_extraction_rules():
     assert verify.extract_with_rule("Answer: 4\nmore text") == ("4", "answer_line")
     assert verify.extract_with_rule("so\n4") == ("4", "last_line")
     assert verify.extract_with_rule("nothing to see") == (None, "none")
+    assert verify.extract_with_rule("The answer: D") == ("D", "answer_line")
+    assert verify.extract_with_rule("Final Answer: The volume is 120.") == ("120", "answer_line")
+    assert verify.extract_with_rule("\\boxed{2}\nFinal Answer: The final answer is 3. I hope it is correct.") == (
+        "3", "answer_is")
+    assert verify.extract_with_rule("$[0,1)$") == ("[0,1)", "math_only")
+    assert verify.extract_with_rule("\\[\n9\n\\]") == ("9", "math_only")
+    assert verify.extract_with_rule("B. Because A fails.\nThe rest fail too.", choice=4) == ("B", "leading_choice")
+    assert verify.extract_with_rule("B. Because A fails.\nThe rest fail too.") == (None, "none")  # not a choice
+    assert verify.extract_with_rule("It cannot be A or B, so D", choice=4) == ("D", "free_text")
+    assert verify.extract_with_rule("It cannot be A or B, so D", choice=3) == (None, "none")  # D is no option
+    assert verify.extract_with_rule("So in total there are **42** apples.") == ("42", "free_text")
+    assert verify.extract_with_rule("There were 42 apples at first.") == (None, "none")  # nothing concludes
+
+
+def test_verify_choice_mode_follows_the_reference():
+    assert verify._choice_count("B", None) == 26 and verify._choice_count("B", OPTS) == 4
+    assert verify._choice_count("8/11", OPTS) == 4 and verify._choice_count("8/11", None) == 0
+    assert verify.reward("So the probability is 8/11.", "8/11") == 1.0
+    assert verify.reward("Because C is the only valid one", "9") == 0.0
 
 
 ADVERSARIAL = {
@@ -523,6 +711,20 @@ ADVERSARIAL = {
     "binary noise": "\x00\uffff" * 500000,
     "many matrices": "\\boxed{\\begin{pmatrix}" + "1&" * 100000 + "1\\end{pmatrix}}",
     "many commas": "\\boxed{" + "1," * 500000 + "1}",
+    # inputs aimed at the free-text, math-only, answer-line and separator rules
+    "free text, many numbers": "So in total " + "1, 2 and 3 or " * 200000 + "4 apples.",
+    "free text, one long sentence": "so the total is 7 " * 300000,
+    "many short sentences": "So 5. " * 500000,
+    "many dollar signs": "$" * 2_000_000,
+    "many currency amounts": "So it costs $1 and " * 200000 + "$2.",
+    "many math spans": "So the total is " + "$1$ " * 500000 + ".",
+    "many \\! separators": "\\boxed{" + "1,\\!" * 300000 + "1}",
+    "many {,} separators": "So the total is " + "1{,}" * 300000 + "1.",
+    "many answer colons": "answer: " * 200000,
+    "many labelled options": "(A) 1 " * 300000,
+    "many letters": "It cannot be A or B, so " * 200000 + "D",
+    "display math, no end": "\\[" + "1+" * 1_000_000,
+    "equals signs": "So " + "x = " * 500000 + "5",
 }
 
 
@@ -546,6 +748,27 @@ def test_verify_cli(tmp_path):
     res = subprocess.run([sys.executable, "verify.py", "--jsonl", str(path)], cwd=HERE,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "accuracy 0.6667 (2/3)" in res.stdout, res.stdout + res.stderr
+
+
+def test_verify_cli_jsonl_bom_and_bad_bytes(tmp_path):
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"response": "<answer>3</answer>", "answer": "3"}\n{"response": "x", "answer": "3"}\n')
+    res = subprocess.run([sys.executable, "verify.py", "--jsonl", str(bom)], cwd=HERE,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "accuracy 0.5000 (1/2)" in res.stdout, res.stdout + res.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"response": "<answer>3</answer>", "answer": "3"}\n{"response": "caf\xe9", "answer": "3"}\n')
+    res = subprocess.run([sys.executable, "verify.py", "--jsonl", str(bad)], cwd=HERE,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {bad}:2: not UTF-8 text (byte 0xe9 at column 18)"]
+    for content, needle in ((b"[1]\n", ":1: need a JSON object"), (None, "cannot read")):
+        path = tmp_path / "other.jsonl"
+        if content is not None:
+            path.write_bytes(content)
+        res = subprocess.run([sys.executable, "verify.py", "--jsonl", str(path if content else tmp_path / "no")],
+                             cwd=HERE, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and needle in res.stderr, res.stderr
 
 
 # ----------------------------------------------------------------------------- train.py: data and errors

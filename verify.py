@@ -3,30 +3,75 @@
 Extraction, first rule that applies (reasoning inside <think>...</think> is dropped first; an
 unclosed <think> means there is no answer yet):
   1. answer_tag  the last <answer>...</answer>; an empty tag is an empty answer (reward 0)
-  2. boxed       the last \\boxed{...} or \\fbox{...}, nested braces matched
+  2. boxed       the last \\boxed{...} or \\fbox{...}, nested braces matched; skipped when a
+                 "Final Answer: ..." / "final answer is" statement follows it (hendrycks / Minerva)
   3. answer_is   "the (final) answer is X": the last one, up to the end of its line or sentence
-  4. answer_line the last line that starts with "Answer:" / "Final answer:"
-  5. last_line   fallback: the last non-empty line if it is a bare answer (a number, a closed
-                 form, "x = 5", a choice letter), else what follows its last "=" if that is a
-                 number or closed form. Never a number from the middle of a sentence, so a
-                 question echo or a sentence like "maybe 3 or 4" credits nothing.
+  4. answer_line the text after the last "Answer:" / "Final answer:" (at most 80 characters before
+                 it on its line: "The answer: D") or after a "####" opening a line (GSM8K), up to
+                 the end of its line or sentence
+     For 3 and 4, X is kept when it is a bare answer (a value, a list, a matrix, choice letters);
+     else what follows its last "is"/"are"/"equals" if that is bare or at most 3 words ("The
+     volume is 120" -> 120); else its sole value or letter as in rule 8, no conclusion needed
+     ("Jane started 3 hours ago" -> 3); else X as text.
+  5. math_only   the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\)
+                 or \\[...\\] (a display may span lines); its content, whatever it is
+  6. last_line   the last non-empty line if it is a bare answer (a number, a closed form,
+                 "x = 5", a choice letter only when it is the whole response), else what follows
+                 its last "=" if that is a number or closed form
+  7. leading_choice  (multiple choice only) the response opens with a labelled letter: "B.",
+                 "(B)", "B)", "B:", "**B**"; not when the text lists two or more labelled options
+  8. free_text   the last sentence (split at . ! ? 。 and line ends; at most 600 characters).
+       Multiple choice: its last standalone capital letter within the options ("A" and "I"
+         before a lowercase word are the article and the pronoun, unless the word is a verb or
+         and/or); refused when joined to the letter before it by or/and/","/"/" ("C or D"), when
+         the sentence is only a letter (unless bold) or lists labelled options. With no letter
+         at all, the number rule (an option's text counts as its letter).
+       Otherwise: its sole value, counted from the clause of its last conclusion word (so, thus,
+         therefore, total, answer, 所以, 一共, итак, donc, ...; else the whole sentence; after an
+         "=" only what follows the last one): a plain number (1,250, 3/4, 12:30, 30 %; "$1.45"
+         followed by words is currency) or a math span with a digit. The sentence must conclude:
+         a conclusion word, a bold value (**42**) or an "=".
+     Refused: a hedge or an echo of the task anywhere in the sentence (maybe, perhaps, not sure,
+     guess, either, could, let, if, suppose, given, find, what, how many, question, "?"; for
+     numbers also "or"), or a negation or bound in the clause of the value or letter (not,
+     cannot, wrong, false, at least, more than, except: "So B is wrong", "not 5"). No question
+     text reaches the reward, so an echo is a sentence that restates or asks the task or lists
+     several values: listing numbers, hedging "3 or 4" or repeating the question's numbers
+     without concluding earns nothing.
 
-Equivalence (is_equivalent), on both sides after stripping wrappers ($, \\(\\), \\text{}, \\left,
-degrees, \\$, trailing units after a space, "x = "):
-  - several answers joined by "or"/"and" are never equal to a single answer;
+Equivalence (is_equivalent), on both sides after stripping wrappers ($, \\(\\), \\text{},
+\\textbf{}, \\mathrm{} and kin, \\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words
+after a value, none of is/not/or/than/...: "5 cm", "\\frac{1}{3} meters", not "5 is too small"):
+  - a left-hand side that is a name is dropped: x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2),
+    \\frac{NO}{BO} = ..., S_{ABC}:S = 7:32, x \\in [0,1), x \\approx 11 (a name has letters and no
+    digit or + - * ^ outside subscripts and parentheses, so "2x + z = 1" keeps its left side);
+    chains x = 2 + 3 = 5 keep the last side; "x = 1/3 \\approx 0.33" keeps the exact 1/3;
+    f(y) = y equals f(x) = x (one-letter variable renamed);
+  - several answers joined by "or" are never equal to a single answer; "and" (also ", and") is a
+    list separator, so "19, 46, and 82" = "19, 46, 82";
   - multiple choice: (B), B., B), "B) text", "Option B"; with `options`, an option's text counts as
     its letter; several different letters are not one letter;
-  - matrices, tuples and intervals element-wise in order (bracket type matters), bare lists and
-    \\{sets\\} in any order;
+  - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty =
+    \\infty), bare lists (split at commas, else semicolons) and \\{sets\\} in any order (a set
+    equals a bare list, never a tuple);
   - numbers: integers exactly, anything else within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 =
-    1 000; a/b, \\frac, \\dfrac, \\tfrac, \\frac12, scientific notation; closed forms (+ - * / ^,
-    parentheses, \\sqrt, \\pi, \\frac, n!) by value with a small bounded evaluator (no eval);
+    1,\\!000 = 1 000; a/b, \\frac, \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation;
+    closed forms (+ - * / ^, parentheses, \\sqrt, \\pi, \\frac, n!) by value with a small bounded
+    evaluator (no eval); a decimal with at least 4 significant digits also equals a non-decimal
+    exact value or closed form that rounds to it at its number of places (2.6667 = 8/3, but
+    0.333 != 1/3 and 3.1416 != 3.14159);
+  - decimal commas (reward only: it sees the response): when the response is in a language that
+    writes them (Cyrillic, accented Latin letters, or a few words: ist, und, est, donc, es, la,
+    ...) and the reference is no choice, an answer 3,5 means 3.5 unless a 3-digit grouping
+    reading exists (3,500 stays 3500) or the reference is a list; in English 3,5 stays a list;
   - percentages: x% equals x and x/100 (so 50% = 50 = 0.5, but 0.5 != 50 without a %);
   - otherwise text, case- and whitespace-insensitive.
 Linear time in the response length; long answers are compared as text; never raises.
 
 CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...]
-     python verify.py --jsonl FILE         (rows {response, answer[, options]}; prints accuracy)
+     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8
+                                      BOM is accepted; a non-UTF-8 byte, a bad row or an unreadable
+                                      file prints one "error: FILE:LINE: ..." line and exits 2)
 """
 import argparse
 import json
@@ -37,32 +82,42 @@ from fractions import Fraction
 
 MAX_ANSWER = 1000  # a longer extracted answer is compared as plain text only
 MAX_EXPR = 200  # the number parser and the evaluator see at most this many characters
+MAX_SENTENCE = 600  # a longer last sentence holds no free-text answer
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 # ----------------------------------------------------------------------------- extraction
-BRACE = re.compile(r"[{}]")
+BRACES = re.compile(r"\{+|\}+")
 
 
 def _last_braced(text, commands=("\\boxed", "\\fbox")):
-    """Content of the last \\boxed{...} / \\fbox{...}; None if there is none or it is unclosed
-    within 100k characters."""
+    """(content, end) of the last \\boxed{...} / \\fbox{...}; None if there is none or it is
+    unclosed within 100k characters."""
     start, cmd = max((text.rfind(c + "{"), c) for c in commands)
     if start < 0:
         return None
     depth, i = 0, start + len(cmd)
-    for m in BRACE.finditer(text, i, i + 100_000):  # brace to brace; a longer box counts as unclosed
-        depth += 1 if m.group() == "{" else -1
-        if depth == 0:
-            return text[i + 1:m.start()]
+    for m in BRACES.finditer(text, i, i + 100_000):  # run of braces to run; longer counts as unclosed
+        n = m.end() - m.start()
+        if m.group()[0] == "{":
+            depth += n
+        elif n >= depth:
+            return text[i + 1:m.start() + depth - 1], m.start() + depth
+        else:
+            depth -= n
     return None
 
 
-ANSWER_LINE = re.compile(r"^[ \t*#_>]*(?:final[ \t]+)?answer[ \t*_]*:[ \t]*(.+)$", re.I | re.M)
+ANSWER_COLON = re.compile(r"(?:answer[ \t*_]*:|####)[ \t*_]*(?=[^\s*])")  # searched in lower case
+FINAL_STATEMENT = re.compile(r"final answer\s*(?:is\b|:)", re.I)
+MATH_ONLY = re.compile(r"\s*(?:\$\$(.+)\$\$|\\\[(.+)\\\]|\$(.+)\$|\\\((.+)\\\))[\s.]*", re.S)
+SENTENCE_END = re.compile(r"(?<=[.!?؟])\s+|(?<=[。！？])|\n")
 
 
-def extract_with_rule(response):
-    """(final answer string or None, name of the rule that found it)."""
+def extract_with_rule(response, choice=0):
+    """(final answer string or None, name of the rule that found it). choice: the number of
+    option letters when the reference is a choice letter (free text is then searched for a
+    letter), else 0."""
     text = response
     if "</think>" in text:
         text = text[text.rfind("</think>") + len("</think>"):]
@@ -73,19 +128,24 @@ def extract_with_rule(response):
     if end >= 0 and start >= 0:
         return text[start + len("<answer>"):end].strip(), "answer_tag"
     boxed = _last_braced(text)
-    if boxed is not None:
-        return boxed.strip(), "boxed"
-    i = text.lower().rfind("answer is")
+    if boxed is not None and not FINAL_STATEMENT.search(text, boxed[1]):
+        return boxed[0].strip(), "boxed"
+    window = text[-100_000:]
+    low = window.encode("ascii", "replace").decode().lower()  # same indices as window
+    i = low.rfind("answer is")
     if i >= 0:
-        rest = text[i + len("answer is"):].split("\n", 1)[0]
+        rest = window[i + len("answer is"):].split("\n", 1)[0]
         rest = re.split(r"\.(?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
         if rest:
-            return rest, "answer_is"
-    lines = [m.group(1) for m in ANSWER_LINE.finditer(text[-100_000:])]
-    if lines and lines[-1].strip(" *"):
-        return lines[-1].strip(" *."), "answer_line"
+            return _refine(rest, choice), "answer_is"
+    line = _answer_line(window, low)
+    if line:
+        return _refine(line, choice), "answer_line"
     tail = text.rstrip()
     last = tail[tail.rfind("\n") + 1:].strip()
+    span = _math_only(tail) or _math_only(last)
+    if span:
+        return span, "math_only"
     if 0 < len(last) <= MAX_EXPR:
         bare = _normalize(last)
         if _value(bare) is not None or (_letters(bare) and tail.strip() == last):  # a letter only alone
@@ -94,17 +154,160 @@ def extract_with_rule(response):
             rhs = last.rsplit("=", 1)[1].strip(" .$")
             if _value(_normalize(rhs)) is not None:
                 return rhs, "last_line"
-    return None, "none"
+    if choice:
+        m = re.match(r"\s*(?:\*\*)?\(?([A-Z])(?:\)|\.|:|\*\*)(?=\s|$)", tail)
+        if m and LETTERS.index(m.group(1)) < choice and not _lists_options(tail[:1000]):
+            return m.group(1), "leading_choice"
+    pieces = SENTENCE_END.split(tail[-4 * MAX_SENTENCE:].rstrip(" \t\n.!。！"))
+    found = _sole(pieces[-1].strip(), choice)
+    return (found, "free_text") if found else (None, "none")
 
 
-def extract_answer(response):
+def extract_answer(response, choice=0):
     """The final answer string of a response, or None (see the module docstring for the rules)."""
-    return extract_with_rule(response)[0]
+    return extract_with_rule(response, choice)[0]
+
+
+def _answer_line(window, low):
+    """Text after the last "answer:" that has at most 80 characters before it on its line, or
+    after a "####" that opens a line (GSM8K)."""
+    last = None
+    for m in ANSWER_COLON.finditer(low):  # streamed: no list of matches on a long input
+        i, before = m.start(), low[m.start() - 1:m.start()]
+        if (before.isalnum() or (m.group()[0] == "#" and before not in ("", "\n"))
+                or (i > 80 and window.rfind("\n", i - 81, i) < 0)):
+            continue  # inside a word, a "####" inside a line, or too far into its line
+        last = m
+    if last is None:
+        return None
+    j = window.find("\n", last.end())
+    return re.split(r"\.(?:\s|$)", window[last.end():j if j >= 0 else len(window)], maxsplit=1)[0].strip(" *.")
+
+
+def _math_only(s):
+    """Content of s when s is exactly one math span (see rule 5), else None."""
+    m = MATH_ONLY.fullmatch(s) if len(s) <= 10 * MAX_ANSWER else None
+    content = m and next(g for g in m.groups() if g is not None)
+    if not content or re.search(r"\$|\\[\[\]()]", content):
+        return None  # two spans: "$3$ or $4$"
+    return content.strip()
+
+
+def _structured(s):
+    """True if the normalized s is a value, a list or tuple, a matrix or a set of choice letters."""
+    n = _normalize(s)
+    return bool(n) and (_value(n) is not None or _sequence(n) is not None or bool(MATRIX.fullmatch(n))
+                        or _letters(n) is not None)
+
+
+def _refine(content, choice):
+    """The answer inside an answer phrase (rules 3 and 4)."""
+    c = content.strip(" *")
+    if len(c) > MAX_EXPR or _structured(c):
+        return c
+    m = re.fullmatch(r"(?i).*\b(?:is|are|equals|was)\s+(.+)", c)  # "The volume is 120" -> "120"
+    if m and (_structured(m.group(1)) or len(m.group(1).split()) <= 3):
+        c = m.group(1).strip(" *")
+    return _sole(c, choice, need_conclusion=False) or c
+
+
+HEDGE = (r"\b(?:maybe|perhaps|possibly|might|unsure|not sure|guess|either|could|let|if|suppose|assume|"
+         r"whether|find|what|how many|how much|question|asks?|asked|given|told|consider|examine|"
+         r"analy[sz]e)\b|[?？؟]|可能|也许|如果")
+NEGATION = re.compile(r"\b(?:not|cannot|never|wrong|incorrect|false|invalid|impossible|fails?|eliminated|"
+                      r"ruled? out|excluded?|at least|at most|more than|less than|fewer than|greater than|"
+                      r"up to|except|instead)\b|n't\b|不是", re.I)
+CLAUSE = re.compile(r"[,;:]|\b(?:so|thus|therefore|hence|because|but)\b", re.I)
+HEDGE_LETTER = re.compile(HEDGE, re.I)
+HEDGE_NUMBER = re.compile(HEDGE + r"|\bor\b|或", re.I)
+CONCLUSION = re.compile(
+    r"\b(?:so|thus|therefore|hence|total|totals|altogether|overall|result|finally|final|answer|"
+    r"daher|somit|insgesamt|ergebnis|antwort|donc|ainsi|réponse|résultat|entonces|respuesta|"
+    r"resultado|portanto|então|resposta|quindi|dunque|risposta|totale|итак|поэтому|значит|всего|"
+    r"итого|ответ|решение|yani|toplam|cevap|solution|lösung|solución|solução|soluzione)\b|所以|因此|因而|总共|一共|共有|答案|合计|よって|したがって|"
+    r"合計|答え|따라서|그러므로|إذن|لذلك|المجموع|الإجابة|इसलिए|कुल|उत्तर", re.I)
+BOLD = re.compile(r"\*\*[^*]*\d[^*]*\*\*|__[^_]*\d[^_]*__|\\textbf\{[^{}]*\d")
+MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|(?<!\\)\$([^$]+)\$")
+PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s")  # a word: "$1.45 and $2" is not math
+PLAIN_NUMBER = re.compile(r"(?<![A-Za-z0-9.,])-?\d+(?:[.,]\d+)*(?:/\d+)?(?::\d+)*(?:\s*(?:\\?%|percent\b))?")
+LETTER = re.compile(r"(?<![\w\\$'’])\(?([A-Z])\)?(?![\w'’])")
+OPTION_LABEL = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|([A-Z])[.)])[ \t]+(?!(?:or|and|is|are|was|were|"
+                          r"can|cannot|must|should|would|fits|works|holds|seems|remains)\b)[^\s,;]", re.M)
+NOT_ARTICLE = {"is", "was", "must", "should", "would", "will", "fits", "works", "holds", "matches",
+               "satisfies", "remains", "gives", "meets", "seems", "appears", "and", "or"}
+
+
+def _sole(s, choice, need_conclusion=True):
+    """The one value (multiple choice: the one final letter) a sentence states, else None (rule 8)."""
+    if not s or len(s) > MAX_SENTENCE:
+        return None
+    if choice:
+        letters = [m for m in LETTER.finditer(s) if LETTERS.index(m.group(1)) < choice and _is_letter(s, m)]
+        if letters:
+            if HEDGE_LETTER.search(s) or not re.search(r"[^\W\d_]{2}|^\*\*", s) or _lists_options(s):
+                return None
+            between = s[letters[-2].end():letters[-1].start()] if len(letters) > 1 else "x"
+            if re.fullmatch(r"(?i)[\s,/&*]*(?:(?:or|and|und|oder|et|ou|y|o|или|и)\b[\s,*]*)?|[\s,*]*(?:或|和)[\s,*]*", between):
+                return None  # "C or D", "A, C": several letters offered
+            last = letters[-1]
+            return last.group(1) if _asserted(s, last.start(), last.end()) else None
+    if HEDGE_NUMBER.search(s):
+        return None
+    starts = [max(s.rfind(c, 0, m.start()) for c in ",;:，；：") + 1 for m in CONCLUSION.finditer(s)]
+    values, equals = next((v for v in map(lambda i: _values_in(s, i), reversed(starts)) if v[0]), _values_in(s, 0))
+    if len(values) != 1 or (need_conclusion and not (starts or equals or BOLD.search(s))):
+        return None
+    start, end, value = values[0]
+    return value.strip() if _asserted(s, start, end) else None
+
+
+def _asserted(s, start, end):
+    """False if the clause around s[start:end] negates or bounds it ("not 5", "B is wrong", "at least 5")."""
+    return not NEGATION.search(CLAUSE.split(s[:start])[-1] + " " + CLAUSE.split(s[end:], maxsplit=1)[0])
+
+
+def _is_letter(s, m):
+    """False for the article "A" and the pronoun "I" before a lowercase word ("A triangle has")."""
+    nxt = re.match(r"\s+([a-z]+)", s[m.end():])
+    return not (nxt and m.group(1) in "AI" and (m.group(1) == "I" or nxt.group(1) not in NOT_ARTICLE))
+
+
+def _lists_options(s):
+    """True if s lists two or more labelled options ("A. 3/11 B. 8/11", "(A) 3 (B) 4")."""
+    return len({a or b for a, b in OPTION_LABEL.findall(s)}) > 1
+
+
+def _values_in(s, begin):
+    """([(start, end, text)] of the values s states from `begin` on; whether an "=" outside math
+    came first). Math spans with a digit count as one value each; after an "=" only what follows
+    the last one counts."""
+    spans, pos = [], begin
+    while m := MATH_SPAN.search(s, pos):
+        pos = m.end() if m.group(4) is None or not PROSE.search(m.group(4)) else m.start() + 1
+        if pos == m.end():  # else "$1.45 and $2": currency signs, not math
+            spans.append(m)
+    values, pos, equals = [], begin, False
+    for m in spans + [None]:
+        stop = m.start() if m else len(s)
+        if s.rfind("=", pos, stop) >= 0:
+            values, equals, pos = [], True, s.rfind("=", pos, stop) + 1
+        values += [(n.start(), n.end(), n.group()) for n in PLAIN_NUMBER.finditer(s, pos, stop)]
+        if m:
+            content = next(g for g in m.groups() if g is not None)
+            if "=" in content and "," not in content:
+                values, equals, content = [], True, content[content.rfind("=") + 1:]
+            if re.search(r"\d|\\pi", content):
+                values.append((m.start(), m.end(), content))
+            pos = m.end()
+    return values, equals
 
 
 # ----------------------------------------------------------------------------- normalization
+TEXT = r"(?:text|textbf|textit|textnormal|textrm|mathrm|mathbf|mathit|mathsf|mbox|emph|operatorname)"
 WRAPPERS = [(r"^\$\$(.*)\$\$$", 1), (r"^\$(.*)\$$", 1), (r"^\\\((.*)\\\)$", 1), (r"^\\\[(.*)\\\]$", 1),
-            (r"^\*\*(.*)\*\*$", 1), (r"^\\(?:boxed|fbox|text|textbf|mathrm|mbox)\{(.*)\}$", 1)]
+            (r"^\*\*(.*)\*\*$", 1), (r"^\\(?:boxed|fbox|" + TEXT[3:] + r"\{(.*)\}$", 1)]
+UNIT = re.compile(r"(.*?(?:\d\s+|\}\s*|%\s*))((?:(?!(?:is|are|was|were|be|not|no|too|than|or|and|but|if|so|"
+                  r"it|only)\b)[A-Za-z]{1,12}\.?(?:\^\{?\d\}?)?\s*){1,3})")  # words that are no unit
 
 
 def _normalize(s):
@@ -115,23 +318,40 @@ def _normalize(s):
             m = re.match(pattern, s, re.S)
             if m and (not pattern.endswith(r"\}$") or _balanced(m.group(group))):
                 s = m.group(group).strip()
-    s = re.sub(r"(?<!\\)\\(?:left|right|displaystyle|!|;|:|quad|qquad| )|~", " ", s)
-    s = re.sub(r"(?<!\\)\\,", "", s).replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
+    s = re.sub(r"(?<!\\)\\(?:left|right|displaystyle|;|:|quad|qquad| )|~", " ", s)
+    s = re.sub(r"(?<!\\)\\(?:,|!\s*)", "", s).replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
+    s = re.sub(r"\s*(?:%|\bpercent\b|\bpct\b)", "%", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\" + TEXT + r"\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"(^|[(\[,])\s*\+\s*(?=\\infty)", r"\1", s.replace("∞", "\\infty"))
+    s = re.sub(r"\\in(?![a-zA-Z])", "=", s.replace("≈", "\\approx")).lstrip(" =")
+    if "\\approx" in s:  # x = 1/3 \approx 0.33 -> x = 1/3; x \approx 11 -> x = 11
+        head = s.split("\\approx")[0]
+        s = head if "=" in head else s.replace("\\approx", "=").lstrip(" =")
+    s = re.sub(r"\s*,?\s*\band\b\s*", ", ", s)  # "19, 46, and 82" is a list
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
-    m = re.fullmatch(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=]+)", s)  # x = 5 -> 5
-    if m:
+    s = _drop_lhs(s)
+    m = UNIT.fullmatch(s)  # 5 cm -> 5, \frac{1}{3} meters -> \frac{1}{3}
+    if m and not MULTI.search(s) and _value(m.group(1).strip().rstrip("%")) is not None:
         s = m.group(1).strip()
-    m = re.fullmatch(r"([-+]?[\d.,]*\d%?) [A-Za-z][A-Za-z ]{0,20}(?:\^\d)?", s)  # 5 cm -> 5
-    if m and not MULTI.search(s + " "):
-        s = m.group(1)
     if re.fullmatch(r"[-+]?\d{1,3}( \d{3})+(\.\d+)?", s):  # 1 000 -> 1000
         s = s.replace(" ", "")
     return s
+
+
+def _drop_lhs(s):
+    """The last side of an equation whose left side is a name (see the module docstring); s when
+    it is none, or when a top-level comma comes before the last "=" ("x = 1, y = 2" is a list)."""
+    parts = _split_top(s, "=")
+    if len(parts) < 2 or any(len(_split_top(q)) > 1 for q in parts[:-1]):
+        return s
+    name = re.sub(r"_\{[^{}]*\}|_\w|\([^()]*\)", "", parts[0])
+    if not re.search(r"[A-Za-z]", parts[0]) or re.search(r"[\d+\-*^<>!]", name):
+        return s
+    return parts[-1].strip()
 
 
 def _balanced(s, opening="{", closing="}"):
@@ -333,7 +553,8 @@ def _numbers_equal(a, b):
 
 
 def _values_equal(p, g):
-    """Numeric equality with the percentage convention: x% means x or x/100."""
+    """Numeric equality with the percentage convention (x% means x or x/100) and the rounded
+    decimal convention (see _rounded)."""
     cands = []
     for s in (p, g):
         pct = s.endswith("%")
@@ -341,7 +562,21 @@ def _values_equal(p, g):
         if v is None:
             return None
         cands.append([v] + ([(None if v[0] is None else v[0] / 100, v[1] / 100)] if pct else []))
-    return any(_numbers_equal(a, b) for a in cands[0] for b in cands[1])
+    if any(_numbers_equal(a, b) for a in cands[0] for b in cands[1]):
+        return True
+    return _rounded(p, g, cands[1][0]) or _rounded(g, p, cands[0][0])
+
+
+def _rounded(s, other, value):
+    """True if s is a decimal with at least 4 significant digits and `other` (with `value`), not
+    itself a plain decimal, is an exact value or closed form that rounds to s at s's places."""
+    m = re.fullmatch(r"[-+]?(\d*)\.(\d+)", s)
+    if not m or len((m.group(1) + m.group(2)).lstrip("0")) < 4 or re.fullmatch(r"[-+]?[\d,]*\.?\d*", other):
+        return False
+    places, (exact, approx) = len(m.group(2)), value
+    if exact is not None:  # 8/3 -> 2.6667, but not an exact 2.5 against 2.5001
+        return (exact * 10**places).denominator != 1 and abs(exact - Fraction(s)) <= Fraction(1, 2 * 10**places)
+    return abs(approx - float(s)) <= 0.5 * 10.0**-places * (1 + 1e-9)
 
 
 # ----------------------------------------------------------------------------- multiple choice
@@ -370,7 +605,7 @@ def _option_letter(s, options):
 
 # ----------------------------------------------------------------------------- equivalence
 MATRIX = re.compile(r"\\begin\{[pbvB]?matrix\}(.*)\\end\{[pbvB]?matrix\}", re.S)
-MULTI = re.compile(r"\s(?:or|and)\s|\\(?:text|mbox)\{\s*(?:or|and)\s*\}|\\lor")
+MULTI = re.compile(r"\s(?:or)\s|\\(?:text|mbox)\{\s*or\s*\}|\\lor")
 
 
 def _squash(s):
@@ -399,8 +634,8 @@ def _compare(p, g):
         if not (sp and sg) or len(sp[1]) != len(sg[1]):
             return False
         (kp, ep), (kg, eg) = sp, sg
-        if "set" in (kp, kg) or (kp == kg == "list"):  # unordered
-            if kp != kg:
+        if {kp, kg} <= {"set", "list"}:  # unordered; a set equals a bare list
+            if kp != kg and "list" not in (kp, kg):
                 return False
             left = list(eg)
             for a in ep:
@@ -426,26 +661,45 @@ def _sequence(s):
         kind, inner = s[0] + s[-1], s[1:-1]
     parts = _split_top(inner)
     if len(parts) < 2:
+        parts = _split_top(inner, ";")  # -3;-2
+    if len(parts) < 2:
         return None
     if kind == "list" and re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", inner.strip()):
         return None  # a thousands separator, not a list
     return kind, [_normalize(q) for q in parts]
 
 
+FUNCTION = re.compile(r"[\s$]*([A-Za-z])\(\s*([a-z])\s*\)\s*=")
+DECIMAL_COMMA_TEXT = re.compile(r"[а-яё]|[äöüßéèêëàâçñãõóòúùíìłąęśźżčřšžåøæ]|\b(?:ist|und|der|die|das|est|"
+                                r"es|la|el|le|il|de|donc|les|por|los|las|una|sono|della|jest|wynosi|het|een)\b", re.I)
+
+
+def _gold_letters(g, options):
+    """The set of choice letters a normalized reference names when the question is multiple
+    choice (a letter, several letters, or with `options` an option's text), else None."""
+    gl = _letters(g, allow_text=False)
+    if gl is None and options:
+        letter = _option_letter(g, options)
+        gl = {letter} if letter else None
+    return gl if gl is not None and (options or len(gl) > 1 or re.fullmatch(r"\(?[A-Z]\)?", g)) else None
+
+
 def is_equivalent(pred, gold, options=None):
     """True if the extracted answer pred means the same as the reference gold.
     options: the choices' texts in order (A, B, ...) when the question is multiple choice."""
     try:
+        gold = str(gold)
         if len(pred) > MAX_ANSWER:
-            return pred.strip().lower() == str(gold).strip().lower()
-        p, g = _normalize(pred), _normalize(str(gold))
+            return pred.strip().lower() == gold.strip().lower()
+        mp, mg = FUNCTION.match(pred), FUNCTION.match(gold)
+        if mp and mg and mp.group(1) == mg.group(1) and mp.group(2) != mg.group(2):  # f(y) = y vs f(x) = x
+            a, b = mp.group(2), mg.group(2)
+            pred = re.sub(rf"(?<![A-Za-z\\])[{a}{b}](?![A-Za-z])", lambda m: b if m.group() == a else a, pred)
+        p, g = _normalize(pred), _normalize(gold)
         if not p:
             return False
-        gl = _letters(g, allow_text=False)
-        if gl is None and options:
-            letter = _option_letter(g, options)
-            gl = {letter} if letter else None
-        if gl is not None and (options or len(gl) > 1 or re.fullmatch(r"\(?[A-Z]\)?", g)):
+        gl = _gold_letters(g, options)
+        if gl is not None:
             pl = _letters(p)
             if pl is None and options:
                 letter = _option_letter(p, options)
@@ -456,13 +710,62 @@ def is_equivalent(pred, gold, options=None):
         return False
 
 
+def _choice_count(answer, options):
+    """How many option letters to look for in free text: 0 unless the reference is a choice."""
+    if _gold_letters(_normalize(str(answer)), options) is None:
+        return 0
+    return min(len(options), 26) if options else 26
+
+
+def _decimal_comma(pred, response, answer):
+    """pred with a decimal comma read as a point (3,5 -> 3.5) when the response is in a language
+    that writes them, no 3-digit grouping reading exists and the reference is not a list."""
+    p = _normalize(pred) if len(pred) <= MAX_EXPR else ""
+    if (re.fullmatch(r"[-+]?\d+,(?:\d{1,2}|\d{4,})%?", p) and _sequence(_normalize(str(answer))) is None
+            and DECIMAL_COMMA_TEXT.search(response[-4 * MAX_SENTENCE:])):
+        return p.replace(",", ".")
+    return pred
+
+
 def reward(response, answer, options=None):
     """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0 (never raises)."""
     try:
-        pred = extract_answer(response)
+        choice = _choice_count(answer, options)
+        pred = extract_answer(response, choice)
+        if pred is not None and not choice:
+            pred = _decimal_comma(pred, response, answer)
         return float(pred is not None and is_equivalent(pred, answer, options))
     except Exception:  # odd text must cost a reward, never a training run
         return 0.0
+
+
+def _fail(message):
+    """Print one error line and exit 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _score_jsonl(path):
+    """(correct, total) over the rows of a JSONL file; one error line and exit 2 on a bad row."""
+    total = correct = 0
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    _fail(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    correct += reward(row["response"], str(row["answer"]), row.get("options"))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    _fail(f"{path}:{n}: need a JSON object with response and answer ({e})")
+                total += 1
+    except OSError as e:
+        _fail(f"{path}: cannot read ({e.strerror})")
+    return correct, total
 
 
 def main():
@@ -473,22 +776,12 @@ def main():
     p.add_argument("--jsonl", help="file of {response, answer[, options]} rows")
     args = p.parse_args()
     if args.jsonl:
-        total = correct = 0
-        with open(args.jsonl, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    correct += reward(row["response"], str(row["answer"]), row.get("options"))
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    sys.exit(f"error: {args.jsonl}:{n}: need a JSON object with response and answer ({e})")
-                total += 1
+        correct, total = _score_jsonl(args.jsonl)
         print(f"accuracy {correct / max(total, 1):.4f} ({int(correct)}/{total})")
         return
     if args.response is None or args.answer is None:
         p.error("give RESPONSE ANSWER, or --jsonl FILE")
-    pred, rule = extract_with_rule(args.response)
+    pred, rule = extract_with_rule(args.response, _choice_count(args.answer, args.options))
     score = reward(args.response, args.answer, args.options)
     print(int(score))
     print(f"extracted {pred!r} by rule {rule}; reference {args.answer!r}")
