@@ -941,3 +941,151 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     assert (out2 / "final" / "model.safetensors").exists()
     recs = [json.loads(l) for l in (out2 / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == 2 and recs[-1]["rlsd/lam"] == 0.0 and "rlsd/weight_mean" not in recs[-1]
+
+
+# ---- plot.py: curves and credit heatmaps
+
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import plot  # noqa: E402
+
+
+def colour_pixels(img, rgb, top=0):
+    """(ys, xs) of the pixels of exactly this colour at or below row `top`."""
+    ys, xs = np.nonzero((np.asarray(img.convert("RGB"))[top:] == rgb).all(-1))
+    return ys + top, xs
+
+
+def write_run(run_dir, values, eval_every=0):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        for step, v in enumerate(values):
+            rec = {"step": step, "train/reward": v}
+            if eval_every and step % eval_every == 0:
+                rec["eval/accuracy"] = v
+            f.write(json.dumps(rec) + "\n")
+
+
+def test_plot_read_metrics(tmp_path):
+    write_run(tmp_path / "a", [0.1, 0.2])
+    with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
+        f.write("\n")  # a blank line is skipped
+    assert plot.read_metrics(str(tmp_path / "a")) == [{"step": 0, "train/reward": 0.1}, {"step": 1, "train/reward": 0.2}]
+    assert plot.read_metrics(str(tmp_path / "a" / "metrics.jsonl"))[1]["step"] == 1  # the file itself
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 0}\n{"step": 1, oops\n')
+    with pytest.raises(SystemExit) as e:
+        plot.read_metrics(str(bad))
+    assert str(e.value).startswith(f"error: {bad}:2:") and "\n" not in str(e.value)
+    bad.write_text('{"step": 0}\n[1, 2]\n')
+    with pytest.raises(SystemExit, match=r"error: .*:2: not a JSON object"):
+        plot.read_metrics(str(bad))
+    with pytest.raises(SystemExit, match="error: .*no such run directory"):
+        plot.read_metrics(str(tmp_path / "missing"))
+
+
+def test_plot_series_skips_missing_and_smooths():
+    recs = [{"step": 0, "k": 1.0}, {"step": 1}, {"step": 2, "k": None}, {"step": 3, "k": float("nan")},
+            {"step": 4, "k": 3.0}, {"step": 5, "k": 5.0}, {"step": 6, "k": True}]
+    assert plot.series(recs, "k") == ([0, 4, 5], [1.0, 3.0, 5.0])
+    assert plot.series(recs, "k", smooth=2) == ([0, 4, 5], [1.0, 2.0, 4.0])  # trailing mean of 2 points
+    assert plot.series(recs, "other") == ([], [])
+    ticks, decimals = plot.nice_ticks(0.0, 1.0)
+    assert ticks == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0]) and decimals == 1
+
+
+def test_plot_curves_draw_the_lines(tmp_path):
+    up, down = [0.1 + 0.04 * s for s in range(20)], [0.9 - 0.04 * s for s in range(20)]
+    runs = {"up": [{"step": s, "train/reward": v} for s, v in enumerate(up)],
+            "down": [{"step": s, "train/reward": v} for s, v in enumerate(down)]}
+    path = plot.draw_curves(runs, ["train/reward"], str(tmp_path / "c.png"))
+    img = Image.open(path)
+    assert img.format == "PNG" and img.size == (plot.PANEL_W, plot.LEGEND_ROW + plot.PANEL_H)
+    for colour, rising in [(plot.PALETTE[0], True), (plot.PALETTE[1], False)]:
+        assert len(colour_pixels(img, colour)[0]) > 0  # the legend swatch, at least
+        ys, xs = colour_pixels(img, colour, top=plot.LEGEND_ROW)  # the line, below the legend
+        assert xs.max() - xs.min() > plot.PANEL_W / 2  # spans the plot
+        left, right = ys[xs < xs.min() + 20].mean(), ys[xs > xs.max() - 20].mean()
+        assert (right < left - 100) if rising else (right > left + 100)  # image y grows downwards
+
+
+def test_plot_curves_sparse_missing_key_and_no_data(tmp_path):
+    recs = [{"step": s, "train/reward": 0.5} | ({"eval/accuracy": s / 20} if s % 5 == 0 else {}) for s in range(20)]
+    path = plot.draw_curves({"a": recs}, ["eval/accuracy", "nope"], str(tmp_path / "c.png"), smooth=3)
+    img = Image.open(path)
+    assert img.size == (2 * plot.PANEL_W, plot.LEGEND_ROW + plot.PANEL_H)
+    ys, xs = colour_pixels(img, plot.PALETTE[0], top=plot.LEGEND_ROW)
+    assert len(xs) > 0 and xs.max() < plot.PANEL_W  # the eval line, all in the first panel
+    # markers (7 px) at the four eval steps: four places where the 2-3 px line gets thicker
+    thick = np.bincount(xs - xs.min()) >= 6
+    assert (np.diff(np.r_[0, thick.astype(int)]) == 1).sum() == 4
+    # the missing key's panel is blank but for its frame and text
+    right = np.asarray(img.convert("RGB"))[plot.LEGEND_ROW:, plot.PANEL_W:]
+    assert not (right == plot.PALETTE[0]).all(-1).any()
+
+
+def test_credit_html():
+    tokens = ["Hello", " <b>", "\n", "x&y", "\t"]
+    weights, deltas = [1.5, 0.5, 1.0, 1.2, 0.9], [0.405465, -0.693147, 0.0, 0.182, -0.105]
+    page = plot.credit_html(tokens, weights, deltas, title="Q <1>", advantage=-0.5)
+    assert "<script" not in page and "http" not in page and "<style>" in page
+    assert "<h1>Q &lt;1&gt;</h1>" in page and "advantage A = -0.500" in page
+    resp = page.split('<div class="resp">')[1].split("</div>")[0]  # the response, without the legend
+    assert re.findall(r'class="txt">(.*?)</span>', resp) == ["Hello", " &lt;b&gt;", "\u21b5", "x&amp;y", "\\t"]
+    assert re.findall(r'title="(w=[^"]*)"', resp) == [
+        "w=1.500, \u0394=+0.405", "w=0.500, \u0394=-0.693", "w=1.000, \u0394=+0.000", "w=1.200, \u0394=+0.182",
+        "w=0.900, \u0394=-0.105"]
+    assert re.search(r"\u21b5</span><span class=\"d\">\+0\.00</span></span><br>", resp)  # newline: ↵ then a break
+    bg = [tuple(bytes.fromhex(h)) for h in re.findall(r'class="tok" style="background:#(\w{6})', resp)]
+    assert bg[2] == (255, 255, 255)  # w = 1 is neutral
+    assert bg[0][2] > bg[0][0] and bg[3][2] > bg[3][0]  # w > 1: blue
+    assert bg[1][0] > bg[1][2] and bg[4][0] > bg[4][2]  # w < 1: red
+    assert sum(bg[0]) < sum(bg[3]) and sum(bg[1]) < sum(bg[4])  # stronger for larger |log w|
+    with pytest.raises(ValueError):
+        plot.credit_html(["a", "b"], [1.0], [0.0, 0.0])
+
+
+def test_credit_png_boxes(tmp_path):
+    tokens = ["The", " answer", " is", " 5", "\n", "<answer>", "\u4e2d\u6587", "\U0001f600", "</answer>"] * 8
+    weights = [1.0, 0.7, 1.0, 2.5, 1.0, 1.3, 0.95, 1.0, 1.0] * 8
+    deltas = [math.log(w) for w in weights]
+    path = plot.credit_png(tokens, weights, deltas, str(tmp_path / "c.png"), title="Q", advantage=1.0)
+    img = Image.open(path).convert("RGB")
+    assert Image.open(path).format == "PNG" and img.size[0] == plot.CREDIT_W
+    boxes = plot.credit_layout(tokens, deltas)
+    assert len(boxes) == len(tokens) and all(x1 <= plot.CREDIT_W for _, _, x1, _ in boxes)
+    assert boxes[5][0] == boxes[0][0] and boxes[5][1] > boxes[4][1]  # after "\n" a new line starts
+    assert max(y1 for *_, y1 in boxes) < img.size[1]
+    for (x0, y0, _, _), w in zip(boxes, weights):
+        r, g, b = img.getpixel((x0 + 1, y0 + 1))
+        assert (r, g, b) == plot.weight_colour(w)
+        if w > 1:
+            assert b > r + 50
+        elif w < 1:
+            assert r > b + 20
+        else:
+            assert (r, g, b) == (255, 255, 255)
+    with pytest.raises(ValueError):
+        plot.credit_png(["a"], [1.0, 1.0], [0.0], str(tmp_path / "x.png"))
+
+
+def test_plot_cli(tmp_path):
+    write_run(tmp_path / "rlsd", [0.1 * s for s in range(10)], eval_every=3)
+    write_run(tmp_path / "grpo", [0.05 * s for s in range(10)], eval_every=3)
+    out = tmp_path / "curves.png"
+    res = subprocess.run([sys.executable, "plot.py", str(tmp_path / "rlsd"), str(tmp_path / "grpo"), "-o", str(out),
+                          "--smooth", "2"], cwd=HERE, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(out)
+    img = Image.open(out)
+    assert img.format == "PNG" and img.size == (2 * plot.PANEL_W, plot.LEGEND_ROW + 2 * plot.PANEL_H)
+    for colour in plot.PALETTE[:2]:
+        assert len(colour_pixels(img, colour, top=plot.LEGEND_ROW)[0]) > 50
+    for missing in [tmp_path / "nope", tmp_path]:  # no such dir; a dir without metrics.jsonl
+        res = subprocess.run([sys.executable, "plot.py", str(tmp_path / "rlsd"), str(missing), "-o", str(out)],
+                             cwd=HERE, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and res.stdout == ""
+        assert res.stderr.startswith("error:") and res.stderr.count("\n") == 1, res.stderr
