@@ -179,16 +179,17 @@ def peak_bandwidth(device):
 # ----------------------------------------------------------------------------- 2. the training step
 def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
     import rlsd
+    import toy
     import train
     args = train.parse_args(["--prompts_per_step", str(prompts), "--group_size", str(G), "--max_new_tokens",
                              str(new_tokens), "--micro_batch", str(prompts * G), "--gen_batch", "0"])
     tok = train.toy_tokenizer()
     torch.manual_seed(0)
-    source = train.toy_model(tok).state_dict()
-    model = train.build_sharded(lambda: train.toy_model(tok), source, device, torch.float32, False)
-    teacher = train.build_sharded(lambda: train.toy_model(tok), source, device, torch.float32, False).eval()
+    source = toy.text_model(tok).state_dict()
+    model = train.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False)
+    teacher = train.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    rows, _ = train.toy_data(prompts, 1, 0)
+    rows, _ = toy.task_data("largest", prompts, 1, 0)
     rows = train.tokenize(rows, tok, 256)
     refs = [r for r in rows for _ in range(G)]
     pad = tok.pad_token_id

@@ -12,6 +12,7 @@ import torch
 
 import rlsd
 import sample
+import toy
 import train
 import verify
 
@@ -819,9 +820,9 @@ def _update_worker(rank, world, port, out_file, micro_batch, mode):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     tok = train.toy_tokenizer()
     torch.manual_seed(0)
-    plain = train.toy_model(tok)
+    plain = toy.text_model(tok)
     init = {k: v.clone() for k, v in plain.state_dict().items()}
-    model = train.build_sharded(lambda: train.toy_model(tok), plain.state_dict() if rank == 0 else {},
+    model = train.build_sharded(lambda: toy.text_model(tok), plain.state_dict() if rank == 0 else {},
                                 torch.device("cpu"), torch.float32, mixed_precision=False)
     g = torch.Generator().manual_seed(1)
     N, P, T = 8, 6, 5  # one global batch, identical on every rank

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from rlsd import group_advantages, lam_schedule, policy_loss, rlsd_token_advantages
 from sample import auto_gen_batch, eos_token_ids, format_prompt, generate, left_pad, position_ids, response_logprobs
+import toy
 from verify import extract_answer, reward
 
 # ----------------------------------------------------------------------------- prompts
@@ -70,6 +71,7 @@ def parse_args(argv=None):
     a("--data", default=None, help="JSONL of {question, answer[, images]}; default: the built-in toy task")
     a("--eval_data", default=None, help="held-out JSONL; default: hold out --eval_size rows of --data")
     a("--out", default="out", help="output dir: metrics.jsonl, checkpoints")
+    a("--task", default="largest", choices=sorted(toy.TASKS), help="built-in task (without --data)")
     a("--algo", default="rlsd", choices=["rlsd", "grpo"], help="grpo: w = 1, no teacher pass")
     a("--steps", type=int, default=300)
     a("--prompts_per_step", type=int, default=None, help="global prompts per step (paper 256, toy 64)")
@@ -158,27 +160,6 @@ def load_jsonl(path):
     return rows
 
 
-def toy_example(rng):
-    """Which of four distinct digits is largest? The answer is verifiable and one token long."""
-    digits = rng.sample(range(10), 4)
-    return {"question": f"Which number is largest: {', '.join(map(str, digits))}?", "answer": str(max(digits))}
-
-
-def toy_data(n_train, n_eval, seed):
-    """Held-out questions never appear in training."""
-    rng = random.Random(seed)
-    held = {}
-    while len(held) < n_eval:
-        ex = toy_example(rng)
-        held[ex["question"]] = ex
-    train = []
-    while len(train) < n_train:
-        ex = toy_example(rng)
-        if ex["question"] not in held:
-            train.append(ex)
-    return train, list(held.values())
-
-
 def tokenize(rows, tok, max_len):
     """Add student/teacher prompt ids; drop rows whose teacher prompt exceeds max_len tokens."""
     out = []
@@ -191,59 +172,11 @@ def tokenize(rows, tok, max_len):
 
 
 # ----------------------------------------------------------------------------- the built-in model
-def toy_tokenizer():
-    """A Qwen2 tokenizer with one token per byte (no merges) and pad == EOS, as many real tokenizers,
-    plus one token for each fixed phrase of the prompt templates and for the answer tags, so that
-    sequences stay short. Being a Qwen2Tokenizer, it reloads identically with AutoTokenizer."""
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(bytes_to_unicode().values())}}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    phrases = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), toy_example(random.Random(0))["question"].split(":")[0]])
-    tok.add_tokens(sorted({p.strip() for p in phrases.replace("\0", "\n").split("\n") if len(p.strip()) > 1})
-                   + ["<answer>", "</answer>"])
-    return tok
-
-
-def toy_config(tok):
-    from transformers import Qwen2Config
-    return Qwen2Config(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       architectures=["Qwen2ForCausalLM"])
-
-
-def toy_model(tok):
-    from transformers import Qwen2ForCausalLM
-    return Qwen2ForCausalLM(toy_config(tok))
-
-
-def toy_warmup(model, tok, rows, steps=600, batch=64, lr=3e-3):
-    """Format cold start, standing in for an instruct model. Supervised, with d a random one of the
-    four listed digits (never the largest on purpose, so no task skill is taught):
-        student prompt                 -> <answer>d</answer>   (the format, a 1-in-4 guess)
-        teacher prompt with reference d -> <answer>d</answer>   (reads a given reference)
-    RL then starts near chance, with a teacher that the privileged answer actually helps."""
-    rng = random.Random(1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    eos = tok.eos_token_id
-    for k in range(steps):
-        opt.param_groups[0]["lr"] = lr * (1 - k / steps)  # decay to 0: settle on the 1-in-4 guess
-        seqs, starts = [], []
-        for r in rng.sample(rows, batch):
-            d = rng.choice(r["question"].split(":")[1].strip(" ?").split(", "))
-            text = teacher_prompt(r["question"], d) if rng.random() < 0.5 else student_prompt(r["question"])
-            prompt = tok(format_prompt(tok, text), add_special_tokens=False)["input_ids"]
-            seqs.append(prompt + tok(f"<answer>{d}</answer>", add_special_tokens=False)["input_ids"] + [eos])
-            starts.append(len(prompt))
-        ids, mask = left_pad(seqs, eos)
-        labels = ids.clone()
-        for i, (s, n) in enumerate(zip(seqs, starts)):
-            labels[i, : ids.shape[1] - len(s) + n] = -100  # loss on the response only
-        loss = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+def toy_tokenizer(task="largest"):
+    """The built-in model's tokenizer: bytes plus one token per fixed phrase of the prompt templates."""
+    phrases = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"),
+                         toy.TASKS[task][0](random.Random(0))["question"].split(":")[0]])
+    return toy.tokenizer(phrases.replace("\0", "\n").split("\n"))
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -486,7 +419,7 @@ def main(argv=None):
             n_eval = min(args.eval_size, len(train_rows) // 10)
             train_rows, eval_rows = train_rows[n_eval:], train_rows[:n_eval]
     else:
-        train_rows, eval_rows = toy_data(20000, args.eval_size, args.seed)
+        train_rows, eval_rows = toy.task_data(args.task, 20000, args.eval_size, args.seed)
 
     # ---- model: rank 0 loads the weights once; every rank builds a sharded skeleton and receives them
     rank, world, device = setup_distributed(args.timeout_min)
@@ -497,8 +430,8 @@ def main(argv=None):
         config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         save_dtype = config.dtype if isinstance(config.dtype, torch.dtype) else getattr(torch, config.dtype or "float32")
     else:
-        tok, save_dtype = toy_tokenizer(), torch.float32
-        config = toy_config(tok)
+        tok, save_dtype = toy_tokenizer(args.task), torch.float32
+        config = toy.text_config(tok)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     train_rows = tokenize(train_rows, tok, args.max_prompt_len)
@@ -512,8 +445,10 @@ def main(argv=None):
             source = AutoModelForCausalLM.from_pretrained(args.model, dtype=save_dtype,
                                                           trust_remote_code=args.trust_remote_code)
         else:
-            source = toy_model(tok)
-            toy_warmup(source, tok, train_rows, steps=args.warmup_steps)
+            source = toy.text_model(tok)
+            if not args.data:  # the cold start knows the built-in task only
+                toy.warmup(source, tok, train_rows, student_prompt, teacher_prompt, toy.TASKS[args.task][1],
+                           steps=args.warmup_steps)
         full_state = source.state_dict()
     cuda = device.type == "cuda"
     make = lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
