@@ -36,6 +36,27 @@ def position_ids(mask):
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def rope_positions(model, ids, mask, image_grid_thw=None, prompt_len=None):
+    """Position ids of a left-padded batch ids/mask [B, L]: position_ids(mask) for a text model; for a
+    Qwen-VL model its own 3-D M-RoPE positions [3, B, L] (get_rope_index): an image's tokens take
+    (t, row, column) positions and the text after it continues from the largest. Columns from
+    `prompt_len` on hold a response, which is text whatever its ids."""
+    if not is_vision_model(model.config):
+        return position_ids(mask)
+    types = (ids == model.config.image_token_id).long()  # 1 image, 0 text (mm_token_type_ids)
+    if prompt_len is not None:
+        types[:, prompt_len:] = 0
+    return model.model.get_rope_index(ids, types, image_grid_thw=image_grid_thw, attention_mask=mask)[0]
+
+
+def decode_positions(last):
+    """Positions of the next token after `last` ([B, L] or [3, B, L] prompt positions): one more than the
+    row's largest, the same on the three M-RoPE axes. Returns [B, 1] or [3, B, 1]."""
+    B = last.shape[-2]
+    nxt = last.reshape(-1, B, last.shape[-1]).amax(dim=(0, 2)) + 1  # [B]
+    return nxt[:, None] if last.dim() == 2 else nxt.view(1, B, 1).expand(3, B, 1)
+
+
 def response_mask(ids, eos_ids):
     """1 on every token up to and including the first EOS of each row, 0 after. ids: [B, T] -> [B, T].
 
@@ -121,18 +142,22 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
     B, P = ids.shape
     device = ids.device
     eos = torch.as_tensor(sorted(eos_ids), device=device)
+    banned = vision_token_ids(model.config)  # a VLM must not write image placeholders into its response
+    banned = torch.tensor(banned, device=device) if banned else None
     cache = Cache(layer_class_to_replicate=partial(InPlaceLayer, P + max_new_tokens))
     att = torch.zeros(B, P + max_new_tokens, dtype=mask.dtype, device=device)  # [B, P + max_new]
     att[:, :P] = mask
-    logits = prefill(model, ids, mask, position_ids(mask), cache, **model_inputs)  # [B, V]
-    pos = position_ids(mask)[:, -1]  # [B] position of the last prompt token
+    pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"))  # [B, P] or [3, B, P]
+    logits = prefill(model, ids, mask, pos, cache, **model_inputs)  # [B, V]
+    pos = decode_positions(pos)  # [B, 1] or [3, B, 1]
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, max_new]
     out_logp = torch.zeros(B, max_new_tokens, device=device, dtype=torch.promote_types(logits.dtype, torch.float32))
     rows = torch.arange(B, device=device)  # working row -> output row
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(max_new_tokens):
-        tok = sample_next(logits, temperature, top_p, generator)  # [B']
-        lp = token_logprobs(logits[:, None], tok[:, None], temperature or 1.0)[:, 0]  # [B']
+        allowed = logits if banned is None else logits.index_fill(-1, banned, float("-inf"))
+        tok = sample_next(allowed, temperature, top_p, generator)  # [B']
+        lp = token_logprobs(logits[:, None], tok[:, None], temperature or 1.0)[:, 0]  # [B'] under the policy
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         out[rows, t] = tok
         out_logp[rows, t] = torch.where(done, torch.zeros_like(lp), lp)
@@ -143,12 +168,12 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, done, pos, att, tok = rows[keep], done[keep], pos[keep], att[keep], tok[keep]
+            rows, done, att, tok = rows[keep], done[keep], att[keep], tok[keep]
+            pos = pos[..., keep, :]
             for layer in cache.layers:
                 layer.batch_select_indices(keep)
         att[:, P + t] = 1
-        pos = pos + 1
-        logits = decode_one_token(model, tok, att[:, :P + t + 1], pos[:, None], cache)
+        logits = decode_one_token(model, tok, att[:, :P + t + 1], pos + t, cache)
     resp_mask = response_mask(out, eos_ids)
     T = max(int(resp_mask.sum(1).max()), 1)  # drop columns that are padding in every row
     return out[:, :T], resp_mask[:, :T], out_logp[:, :T]
@@ -200,7 +225,8 @@ def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperatu
     ids = torch.cat([prompt_ids[:, -width:], resp], dim=1)  # [N, P + T]
     mask = torch.cat([prompt_mask[:, -width:], resp_mask], dim=1)
     T = resp.shape[1]
-    hidden = output_hidden(model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+    pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"), prompt_len=width)
+    hidden = output_hidden(model, input_ids=ids, attention_mask=mask, position_ids=pos,
                            logits_to_keep=T + 1, use_cache=False, **model_inputs)[:, :T]  # [N, T, H]
     sel = resp_mask.bool()
     h, tokens = hidden[sel], resp[sel]  # [M, H], [M]: real response tokens only
@@ -238,28 +264,116 @@ def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2
     return max(1, int(free_bytes * (1 - reserve) // per_row))
 
 
+# ----------------------------------------------------------------------------- models, processors, prompts
+def is_vision_model(config):
+    return getattr(config, "vision_config", None) is not None
+
+
+def vision_token_ids(config):
+    """The image/video placeholder and delimiter ids of a VLM (none for a text model)."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [i for i in (getattr(config, n, None) for n in names) if i is not None] if is_vision_model(config) else []
+
+
+def image_only(cls):
+    """A processor class like `cls` but without its video processor: transformers' processors require
+    every sub-processor they declare, and the Qwen-VL video processors need torchvision, which this
+    project does not use. It keeps the stock name, so the saved files name the stock class."""
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    return type(cls.__name__, (cls,), {"__init__": __init__})
+
+
+def load_processor(path, trust_remote_code=False):
+    """The tokenizer of a text model; the processor (tokenizer + image processor) of a VLM."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not is_vision_model(config):
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])).from_pretrained(path)
+
+
+def model_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    return AutoModelForImageTextToText if is_vision_model(config) else AutoModelForCausalLM
+
+
+def tokenizer_of(proc):
+    return getattr(proc, "tokenizer", proc)
+
+
 def eos_token_ids(model, tokenizer):
     """Every id that ends a response: the tokenizer's EOS and the model's generation_config EOS ids."""
-    ids = {tokenizer.eos_token_id}
+    ids = {tokenizer_of(tokenizer).eos_token_id}
     gen = getattr(model, "generation_config", None)
     extra = getattr(gen, "eos_token_id", None) if gen is not None else None
     ids |= set(extra if isinstance(extra, (list, tuple)) else [extra])
     return {i for i in ids if i is not None}
 
 
-def format_prompt(tokenizer, text):
-    """A user turn through the tokenizer's chat template when it has one, else the raw text."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return text
+def format_prompt(proc, text, n_images=0, **template_kwargs):
+    """One user turn through the chat template (the raw text if there is none). `<image>` in `text`
+    marks where each of the n_images images goes; with no marker the images come first."""
+    if not getattr(proc, "chat_template", None):
+        return text
+    content = text
+    if n_images:
+        parts = text.split("<image>") if "<image>" in text else [""] * n_images + [text]
+        content = []
+        for i, part in enumerate(parts):
+            if i:
+                content.append({"type": "image"})
+            if part:
+                content.append({"type": "text", "text": part})
+    return proc.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                    add_generation_prompt=True, **template_kwargs)
+
+
+def image_token_counts(proc, sizes):
+    """Tokens each image of size (width, height) becomes in the prompt, from the image processor's resize."""
+    ip = proc.image_processor
+    return [ip.get_number_of_image_patches(h, w, {}) // ip.merge_size ** 2 for w, h in sizes]
+
+
+def prompt_ids(proc, text, image_sizes=()):
+    """Token ids of a formatted prompt, each image placeholder repeated once per image token."""
+    if image_sizes:
+        pieces = text.split(proc.image_token)
+        if len(pieces) != len(image_sizes) + 1:
+            raise ValueError(f"{len(pieces) - 1} image placeholders for {len(image_sizes)} images")
+        counts = image_token_counts(proc, image_sizes) + [0]
+        text = "".join(p + proc.image_token * n for p, n in zip(pieces, counts))
+    return tokenizer_of(proc)(text, add_special_tokens=False)["input_ids"]
+
+
+def image_inputs(proc, images, device):
+    """pixel_values and image_grid_thw of a batch's images in prompt order ({} when there are none)."""
+    if not images:
+        return {}
+    out = proc.image_processor(images=images, return_tensors="pt")
+    return {"pixel_values": out["pixel_values"].to(device), "image_grid_thw": out["image_grid_thw"].to(device)}
+
+
+def cat_images(items):
+    """One batch's image inputs from per-row ones (image_inputs of each row), in row order."""
+    items = [i for i in items if i]
+    return {k: torch.cat([i[k] for i in items]) for k in items[0]} if items else {}
+
+
+def open_image(item):
+    """A PIL image, RGB, from a path or an image."""
+    from PIL import Image
+    return (Image.open(item) if isinstance(item, str) else item).convert("RGB")
 
 
 def main():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
     p = argparse.ArgumentParser(description="Sample responses from a saved checkpoint directory.")
     p.add_argument("checkpoint")
     p.add_argument("prompt")
+    p.add_argument("--image", action="append", default=[], help="an image for a VLM (repeatable); <image> in the "
+                                                                "prompt marks where each goes, else they come first")
     p.add_argument("--n", type=int, default=4, help="responses to draw")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=1.0)
@@ -268,15 +382,18 @@ def main():
     p.add_argument("--trust_remote_code", action="store_true")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code,
-                                                 dtype="auto").to(device).eval()
-    prompt = tok(format_prompt(tok, args.prompt), add_special_tokens=False)["input_ids"]
+    proc = load_processor(args.checkpoint, args.trust_remote_code)
+    config = AutoConfig.from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code)
+    model = model_class(config).from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code,
+                                                dtype="auto").to(device).eval()
+    images = [open_image(path) for path in args.image]
+    prompt = prompt_ids(proc, format_prompt(proc, args.prompt, len(images)), [im.size for im in images])
+    tok = tokenizer_of(proc)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids, mask = left_pad([prompt] * args.n, pad)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens,
-                              eos_token_ids(model, tok), pad, args.temperature, args.top_p, gen)
+    resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos_token_ids(model, tok),
+                              pad, args.temperature, args.top_p, gen, **image_inputs(proc, images * args.n, device))
     for i in range(args.n):
         print(f"--- sample {i} ({int(rmask[i].sum())} tokens)")
         print(tok.decode(resp[i][rmask[i].bool()], skip_special_tokens=True))

@@ -273,6 +273,99 @@ def test_chunked_logprobs_entropy_and_gradient_equal_unchunked(chunk):
         torch.testing.assert_close(a, p.grad)
 
 
+# ----------------------------------------------------------------------------- sample.py: vision-language models
+def tiny_vl(kind="qwen3", dtype=torch.float64):
+    """The built-in tiny Qwen3-VL, or a Qwen2.5-VL of the same size (14-pixel patches, windowed
+    vision attention), with its processor; any image up to 128 x 128 keeps its size."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    proc = toy.vl_processor(["Describe."])
+    torch.manual_seed(0)
+    if kind == "qwen3":
+        return toy.vl_model(proc).to(dtype).eval(), proc
+    proc.image_processor.patch_size = 14
+    proc = sample.image_only(Qwen2_5_VLProcessor)(image_processor=proc.image_processor, tokenizer=proc.tokenizer,
+                                                  chat_template=toy.VL_TEMPLATE)
+    c = toy.vl_config(proc).to_dict()
+    text = {k: c["text_config"][k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                             "num_attention_heads", "num_key_value_heads", "pad_token_id")}
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [6, 5, 5]}
+    cfg = Qwen2_5_VLConfig(text_config={**text, "bos_token_id": None, "eos_token_id": c["eos_token_id"]},
+                           vision_config=dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=2, patch_size=14,
+                                              spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
+                                              window_size=56, fullatt_block_indexes=[1]),
+                           **{k: c[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                                "vision_end_token_id")})
+    return Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval(), proc
+
+
+def vl_batch(proc, specs):
+    """Left-padded prompts of (text, [image sizes]) with random images, and their image inputs."""
+    g = torch.Generator().manual_seed(0)
+    from PIL import Image
+    ids, images = [], []
+    for text, sizes in specs:
+        ims = [Image.fromarray(torch.randint(0, 255, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
+               for w, h in sizes]
+        ids.append(sample.prompt_ids(proc, sample.format_prompt(proc, text, len(ims)), [im.size for im in ims]))
+        images += ims
+    x, m = sample.left_pad(ids, proc.tokenizer.pad_token_id)
+    return x, m, sample.image_inputs(proc, images, "cpu"), images
+
+
+VL_SPECS = [("Describe.", [(64, 64)]), ("Look at <image> this one, please.", [(96, 128)]), ("Hi", [(32, 64)]),
+            ("Compare <image> and <image>.", [(64, 96), (96, 32)]), ("No image at all", [])]
+VL_KINDS = pytest.mark.parametrize("kind", ["qwen3", "qwen2.5"])
+
+
+@VL_KINDS
+def test_vl_greedy_equals_hf_generate_alone_and_in_a_batch_of_image_sizes(kind):
+    """Qwen-VL's 3-D M-RoPE positions (get_rope_index) under left padding, rows of different image sizes,
+    two images in a prompt, a text-only row, rows finishing (and leaving the batch) at different steps."""
+    model, proc = tiny_vl(kind)
+    ids, mask, extra, images = vl_batch(proc, VL_SPECS)
+    pad = proc.tokenizer.pad_token_id
+    banned = sample.vision_token_ids(model.config)
+    free, _, _ = sample.generate(model, ids, mask, 12, set(), pad, temperature=0, **extra)
+    eos = {int(free[0, 2]), int(free[3, 5])}
+    resp, rmask, lp = sample.generate(model, ids, mask, 12, eos, pad, temperature=0, sync_every=2, **extra)
+    types = (ids == model.config.image_token_id).long()  # without them generate's positions are silently wrong
+    ref = model.generate(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, **extra, max_new_tokens=12,
+                         do_sample=False, eos_token_id=sorted(eos), pad_token_id=pad, suppress_tokens=banned)
+    ref = ref[:, ids.shape[1]:]
+    assert len(set(rmask.sum(1).tolist())) > 1
+    assert torch.equal(resp, ref[:, :resp.shape[1]]) and (ref[:, resp.shape[1]:] == pad).all()
+    for i, (text, sizes) in enumerate(VL_SPECS):  # each prompt alone gives the same response
+        x, m, e, _ = vl_batch(proc, [(text, sizes)])
+        first = sum(len(s) for _, s in VL_SPECS[:i])
+        e = sample.image_inputs(proc, images[first:first + len(sizes)], "cpu")
+        alone, amask, _ = sample.generate(model, x, m, 12, eos, pad, temperature=0, **e)
+        n = int(amask.sum())
+        assert alone[0, :n].tolist() == resp[i, :n].tolist()
+    again = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)  # the training forward
+    torch.testing.assert_close(again * rmask, lp * rmask)
+    assert not torch.isin(resp, torch.tensor(banned)).any()
+
+
+def test_vl_teacher_logprobs_read_at_student_response_positions():
+    """The teacher's prompt (image + question + reference) is longer; its log-probs of the same response
+    tokens must equal those of a plain unpadded forward of teacher prompt + response."""
+    model, proc = tiny_vl()
+    resp = torch.tensor([[70, 71, 72, 0], [73, 74, 75, 76]])
+    rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    specs = [("Q <image>: reference 12345, solve it again.", [(64, 32)]), ("R", [(32, 96)])]
+    ids, mask, extra, images = vl_batch(proc, specs)
+    got = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)
+    for i, (text, sizes) in enumerate(specs):
+        x, m, _, _ = vl_batch(proc, [(text, sizes)])
+        e = sample.image_inputs(proc, images[i:i + 1], "cpu")
+        n, P = int(rmask[i].sum()), x.shape[1]
+        full = torch.cat([x, resp[i:i + 1, :n]], 1)
+        pos = sample.rope_positions(model, full, torch.ones_like(full), e["image_grid_thw"], prompt_len=P)
+        logits = model(input_ids=full, position_ids=pos, **e).logits[0, P - 1:P - 1 + n]
+        want = torch.log_softmax(logits, -1).gather(-1, resp[i, :n, None])[:, 0]
+        torch.testing.assert_close(got[i, :n], want)
+
+
 # ----------------------------------------------------------------------------- verify.py
 OPTS = ["3/11", "8/11", "1/2", "2/3"]
 # (response, reference, options, expected reward). Each row states a behaviour that Math-Verify, the
@@ -806,10 +899,67 @@ def test_bad_flags_fail_before_loading(capsys, monkeypatch):
 
 def test_jsonl_fields_and_solution_answer(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"problem": "p", "solution": "so \\\\boxed{12}"}\n\n{"prompt": "q", "answer": 3}\n'
-                    '{"question": "r", "answer": "B", "choices": ["1", "2"]}\n')
-    assert train.load_jsonl(str(path)) == [{"question": "p", "answer": "12"}, {"question": "q", "answer": "3"},
-                                           {"question": "r", "answer": "B", "options": ["1", "2"]}]
+    path.write_bytes(b'\xef\xbb\xbf{"problem": "p", "solution": "so \\\\boxed{12}"}\n\n{"prompt": "q", "answer": 3}\n'
+                     b'{"question": "r", "answer": "B", "choices": ["1", "2"]}\n')  # with a byte-order mark
+    rows = train.load_jsonl(str(path))
+    assert [{k: r[k] for k in ("question", "answer", "where")} for r in rows] == [
+        {"question": "p", "answer": "12", "where": f"{path}:1"}, {"question": "q", "answer": "3", "where": f"{path}:3"},
+        {"question": "r", "answer": "B", "where": f"{path}:4"}]
+    assert rows[2]["options"] == ["1", "2"] and rows[0]["images"] == []
+
+
+def write_png(path, size=(64, 32)):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, "white").save(path)
+
+
+def test_jsonl_images_both_published_layouts(tmp_path):
+    """The paper's released data (problem, answer, images) and MMFineReason's (question, answer, image)."""
+    write_png(tmp_path / "img" / "a.png", (64, 32))
+    write_png(tmp_path / "b.png", (32, 96))
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"problem": "<image> vs <image>?", "answer": "1", "images": ["img/a.png", "b.png"]})
+                    + "\n" + json.dumps({"question": "Which?", "answer": "B", "image": "b.png"}) + "\n")
+    rows = train.load_jsonl(str(path))
+    assert rows[0]["images"] == [str(tmp_path / "img" / "a.png"), str(tmp_path / "b.png")]
+    assert rows[0]["image_sizes"] == [(64, 32), (32, 96)] and rows[1]["image_sizes"] == [(32, 96)]
+    proc = toy.vl_processor(["x"])
+    (row,), dropped = train.tokenize(rows[1:], proc, 1000, {})
+    n_pad = row["student_ids"].count(proc.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    assert dropped == 0 and n_pad == 32 * 96 // (32 * 32)  # one token per 2x2 patches of 16 pixels
+    _, dropped = train.tokenize(rows, proc, 20, {})
+    assert dropped == 2
+
+
+@pytest.mark.parametrize("row,files,needle", [
+    ({"question": "q", "answer": "1", "image": "missing.png"}, {}, "d.jsonl:1: cannot read image missing.png"),
+    ({"question": "q", "answer": "1", "image": "bad.png"}, {"bad.png": "text"}, "d.jsonl:1: cannot read image bad.png"),
+    ({"question": "<image> <image>", "answer": "1", "image": "ok.png"}, {"ok.png": None}, "2 <image> markers for 1"),
+    ({"question": "q", "answer": "1", "image": "../out.png"}, {"../out.png": None}, "outside the data file's dir"),
+    ({"question": "q", "answer": "1", "image": "ABS"}, {"ok.png": None}, "outside the data file's directory"),
+    ({"question": "q", "answer": "1", "images": [3]}, {}, "d.jsonl:1: 'images' must be a path or a list"),
+])
+def test_bad_image_rows_name_file_line_and_path(tmp_path, capsys, monkeypatch, row, files, needle):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_text(text) if text else write_png(data / name)
+    if row.get("image") == "ABS":
+        row["image"] = str(data / "ok.png")
+    (data / "d.jsonl").write_text(json.dumps(row) + "\n")
+    err = run_main_expect_error(["--data", str(data / "d.jsonl")], capsys, monkeypatch)
+    assert needle in err, err
+
+
+def test_image_rows_for_a_text_model_and_task_model_mismatch(tmp_path, capsys, monkeypatch):
+    write_png(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"question": "q", "answer": "1", "image": "a.png"}) + "\n")
+    err = run_main_expect_error(["--data", str(tmp_path / "d.jsonl")], capsys, monkeypatch)
+    assert "d.jsonl:1: a row with images, but the built-in model is a text-only model" in err
+    assert "needs --model tiny-vl" in run_main_expect_error(["--task", "bars"], capsys, monkeypatch)
+    assert "needs a text model" in run_main_expect_error(["--model", "tiny-vl", "--task", "largest"], capsys, monkeypatch)
 
 
 # ----------------------------------------------------------------------------- distributed equivalence
@@ -943,6 +1093,39 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     recs = [json.loads(l) for l in (out2 / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == 2 and recs[-1]["rlsd/lam"] == 0.0 and "rlsd/weight_mean" not in recs[-1]
 
+
+
+def test_end_to_end_tiny_vl_two_processes_mixed_image_and_text_rows(tmp_path):
+    """2 processes where every step one rank has an image row and the other a text row (the vision tower
+    must stay in step under FSDP); the checkpoint loads back as a VLM and samples from an image."""
+    import random as _random
+    data = tmp_path / "data"
+    data.mkdir()
+    row = toy.bars(_random.Random(3))
+    row["images"][0].save(data / "bars.png")
+    lines = [{"question": row["question"], "answer": row["answer"], "image": "bars.png"},
+             {"question": "Which number is largest: 1, 5, 3, 2?", "answer": "5"}]
+    (data / "train.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    (data / "eval.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "--model", "tiny-vl",
+           "--data", str(data / "train.jsonl"), "--eval_data", str(data / "eval.jsonl"), "--steps", "3",
+           "--prompts_per_step", "2", "--group_size", "2", "--eval_every", "2", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [0, 1, 2, 3] and all(math.isfinite(r["grad_norm"]) for r in recs[1:])
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText
+    ckpt = str(out / "final")
+    model = AutoModelForImageTextToText.from_pretrained(ckpt)
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
+    assert type(AutoImageProcessor.from_pretrained(ckpt)).__name__.startswith("Qwen2VLImageProcessor")
+    proc = sample.load_processor(ckpt)
+    assert proc.tokenizer("<|image_pad|>")["input_ids"] == [model.config.image_token_id]
+    res = subprocess.run([sys.executable, "sample.py", ckpt, train.student_prompt(row["question"]), "--image",
+                          str(data / "bars.png"), "--n", "2", "--max_new_tokens", "6"],
+                         cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]
 
 # ---- plot.py: curves and credit heatmaps
 

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from sample import format_prompt, left_pad, position_ids
+from sample import format_prompt, image_inputs, left_pad, open_image, prompt_ids, rope_positions, tokenizer_of
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -25,23 +25,23 @@ def largest_hint(row, rng):
     return rng.choice(row["question"].split(":")[1].strip(" ?").split(", "))
 
 
-TASKS = {"largest": (largest, largest_hint)}
+TASKS = {"largest": (largest, largest_hint)}  # text tasks; VL_TASKS below take images
 
 
 def task_data(task, n_train, n_eval, seed):
     """n_train training rows and n_eval held-out rows of a task; held-out questions never appear in training."""
-    make = TASKS[task][0]
+    make = {**TASKS, **VL_TASKS}[task][0]
     rng = random.Random(seed)
     held = {}
     for _ in range(100 * n_eval):
         if len(held) == n_eval:
             break
         ex = make(rng)
-        held[ex["question"]] = ex
+        held[ex.get("key", ex["question"])] = ex
     train = []
     while len(train) < n_train:
         ex = make(rng)
-        if ex["question"] not in held:
+        if ex.get("key", ex["question"]) not in held:
             train.append(ex)
     return train, list(held.values())
 
@@ -73,29 +73,104 @@ def text_model(tok):
     return Qwen2ForCausalLM(text_config(tok))
 
 
+# ----------------------------------------------------------------------------- the vision-language model
+VL_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+VL_TEMPLATE = (  # Qwen's chat format, reduced to user turns of text and images
+    "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\n' }}"
+    "{%- if m['content'] is string -%}{{ m['content'] }}{%- else -%}{%- for c in m['content'] -%}"
+    "{%- if c['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif c['type'] == 'text' -%}{{ c['text'] }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}")
+
+
+def vl_processor(phrases, max_pixels=128 * 128):
+    """Tokenizer (bytes, Qwen's special tokens, pad <|endoftext|> != EOS <|im_end|>) + Qwen's image
+    processor (16-pixel patches, 2x2 merged into one token) + the chat template, as one processor."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLProcessor
+    from sample import image_only
+    tok = tokenizer(phrases)
+    tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": VL_SPECIALS})
+    images = Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2,
+                                      size={"shortest_edge": 32 * 32, "longest_edge": max_pixels})
+    return image_only(Qwen3VLProcessor)(image_processor=images, tokenizer=tok, chat_template=VL_TEMPLATE)
+
+
+def vl_config(proc):
+    """A tiny Qwen3-VL: a 2-layer, 128-wide language model and a 2-block, 64-wide vision tower."""
+    from transformers import Qwen3VLConfig
+    tok = proc.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in VL_SPECIALS}
+    return Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [6, 5, 5],
+                                          "mrope_interleaved": True},  # t/h/w frequencies: sum = head_dim / 2
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=2, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        architectures=["Qwen3VLForConditionalGeneration"])
+
+
+def vl_model(proc):
+    from transformers import Qwen3VLForConditionalGeneration
+    model = Qwen3VLForConditionalGeneration(vl_config(proc))
+    model.generation_config.eos_token_id = proc.tokenizer.eos_token_id
+    model.generation_config.pad_token_id = proc.tokenizer.pad_token_id
+    return model
+
+
+def bars(rng):
+    """Four bars of different heights in a 128 x 32 picture; which one (1-4, left to right) is tallest?
+    Each bar fills one 32-pixel column, i.e. one image token."""
+    from PIL import Image, ImageDraw
+    heights = rng.sample(range(4, 31), 4)
+    image = Image.new("RGB", (128, 32), "white")
+    draw = ImageDraw.Draw(image)
+    for i, h in enumerate(heights):
+        draw.rectangle([32 * i + 8, 32 - h, 32 * i + 23, 31], fill="black")
+    return {"question": "Which bar is tallest (1-4, from the left)?", "answer": str(heights.index(max(heights)) + 1),
+            "images": [image], "key": tuple(heights)}
+
+
+def bars_hint(row, rng):
+    return str(rng.randint(1, 4))
+
+
+VL_TASKS = {"bars": (bars, bars_hint)}
+
+
 # ----------------------------------------------------------------------------- the cold start
-def warmup(model, tok, rows, student_prompt, teacher_prompt, hint, steps=600, batch=64, lr=3e-3):
+def warmup(model, proc, rows, student_prompt, teacher_prompt, hint, steps=600, batch=64, lr=3e-3):
     """Format cold start, supervised, with h = hint(row): a plausible reference, not the answer
     (so no task skill is taught):
         student prompt                  -> <answer>h</answer>   (the format, a guess)
-        teacher prompt with reference h -> <answer>h</answer>   (reads a given reference)"""
+        teacher prompt with reference h -> <answer>h</answer>   (reads a given reference)
+    `proc` is the tokenizer, or the processor of a VLM (rows then carry their images)."""
     rng = random.Random(1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    eos = tok.eos_token_id
+    tok = tokenizer_of(proc)
     for k in range(steps):
         opt.param_groups[0]["lr"] = lr * (1 - k / steps)  # decay to 0: settle on the guess
-        seqs, starts = [], []
+        seqs, starts, images = [], [], []
         for r in rng.sample(rows, batch):
             h = hint(r, rng)
             text = teacher_prompt(r["question"], h) if rng.random() < 0.5 else student_prompt(r["question"])
-            prompt = tok(format_prompt(tok, text), add_special_tokens=False)["input_ids"]
-            seqs.append(prompt + tok(f"<answer>{h}</answer>", add_special_tokens=False)["input_ids"] + [eos])
+            ims = [open_image(i) for i in r.get("images", [])]
+            prompt = prompt_ids(proc, format_prompt(proc, text, len(ims)), [im.size for im in ims])
+            seqs.append(prompt + tok(f"<answer>{h}</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
             starts.append(len(prompt))
-        ids, mask = left_pad(seqs, eos)
+            images += ims
+        ids, mask = left_pad(seqs, tok.pad_token_id)
         labels = ids.clone()
         for i, (s, n) in enumerate(zip(seqs, starts)):
             labels[i, : ids.shape[1] - len(s) + n] = -100  # loss on the response only
-        loss = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), labels=labels).loss
+        extra = image_inputs(proc, images, ids.device)
+        pos = rope_positions(model, ids, mask, extra.get("image_grid_thw"))
+        loss = model(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels, **extra).loss
         opt.zero_grad()
         loss.backward()
         opt.step()

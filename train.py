@@ -29,7 +29,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 from rlsd import group_advantages, lam_schedule, policy_loss, rlsd_token_advantages
-from sample import auto_gen_batch, eos_token_ids, format_prompt, generate, left_pad, position_ids, response_logprobs
+from sample import (auto_gen_batch, cat_images, eos_token_ids, format_prompt, generate, image_inputs, is_vision_model,
+                    left_pad, load_processor, model_class, open_image, prompt_ids, response_logprobs, tokenizer_of)
 import toy
 from verify import extract_answer, reward
 
@@ -64,14 +65,26 @@ def gen_batch_arg(v):
     return int(v)
 
 
+def json_object(v):
+    try:
+        obj = json.loads(v)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg})")
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return obj
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    a("--model", default=None, help="hub id or local dir; default: a tiny Qwen2 built in code + toy task")
+    a("--model", default=None, help="hub id or local dir (a VLM if its config has a vision config); default: a tiny "
+                                   "Qwen2 built in code; tiny-vl: a tiny Qwen3-VL built in code")
     a("--data", default=None, help="JSONL of {question, answer[, images]}; default: the built-in toy task")
     a("--eval_data", default=None, help="held-out JSONL; default: hold out --eval_size rows of --data")
     a("--out", default="out", help="output dir: metrics.jsonl, checkpoints")
-    a("--task", default="largest", choices=sorted(toy.TASKS), help="built-in task (without --data)")
+    a("--task", default=None, choices=sorted({**toy.TASKS, **toy.VL_TASKS}),
+      help="built-in task without --data (default: largest, with tiny-vl: bars)")
     a("--algo", default="rlsd", choices=["rlsd", "grpo"], help="grpo: w = 1, no teacher pass")
     a("--steps", type=int, default=300)
     a("--prompts_per_step", type=int, default=None, help="global prompts per step (paper 256, toy 64)")
@@ -99,12 +112,18 @@ def parse_args(argv=None):
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
     a("--warmup_steps", type=int, default=600, help="format cold start of the built-in model (toy only)")
     a("--seed", type=int, default=0)
+    a("--max_pixels", type=int, default=None, help="VLM: images larger than this many pixels are scaled down")
+    a("--freeze_vision", action="store_true", help="VLM: train the language model only (default: the vision tower too)")
+    a("--chat_template_kwargs", type=json_object, default={},
+      help='JSON passed to the chat template of student and teacher prompts, e.g. \'{"enable_thinking": false}\'')
+    a("--allow_abs_paths", action="store_true", help="allow data images outside the data file's directory")
     a("--timeout_min", type=float, default=60, help="process-group timeout: how long a rank waits for the others")
     a("--trust_remote_code", action="store_true")
     args = p.parse_args(argv)
-    for k, v in (PAPER if args.model else TOY).items():
+    for k, v in (PAPER if args.model not in (None, "tiny-vl") else TOY).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.task = args.task or ("bars" if args.model == "tiny-vl" else "largest")
     return args
 
 
@@ -116,6 +135,9 @@ def fail(msg):
 
 
 def check_args(args, world):
+    if not args.data and (args.task in toy.VL_TASKS) != (args.model == "tiny-vl"):
+        fail(f"--task {args.task} needs {'--model tiny-vl' if args.task in toy.VL_TASKS else 'a text model'}"
+             f" (image tasks: {', '.join(toy.VL_TASKS)}; text tasks: {', '.join(toy.TASKS)})")
     if args.group_size < 2:
         fail(f"--group_size must be >= 2 (the group advantage needs an unbiased std), got {args.group_size}")
     if args.prompts_per_step < world:
@@ -125,14 +147,19 @@ def check_args(args, world):
 
 
 # ----------------------------------------------------------------------------- data
-def load_jsonl(path):
-    """[{question, answer, images}] from a JSONL file; errors name the file and line."""
-    rows = []
+def load_jsonl(path, allow_abs_paths=False):
+    """[{question, answer, images, image_sizes, options, where}] from a JSONL file. Every error names the
+    file and line and is found here, before any model is loaded; each image is opened to check it."""
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        lines = open(path, "rb").read().split(b"\n")
     except OSError as e:
         fail(f"cannot read data file {path}: {e.strerror}")
-    for n, line in enumerate(lines, 1):
+    root, rows = os.path.dirname(os.path.abspath(path)), []
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark is fine
+        except UnicodeDecodeError as e:
+            fail(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
         if not line.strip():
             continue
         try:
@@ -147,36 +174,63 @@ def load_jsonl(path):
             fail(f"{path}:{n}: missing question (a non-empty 'question', 'problem' or 'prompt' field)")
         if not isinstance(a, (str, int, float)) or not str(a).strip():
             fail(f"{path}:{n}: missing answer (a non-empty 'answer' or 'solution' field)")
-        a = str(a)
         images = row.get("images", row.get("image")) or []
-        if images:
-            fail(f"{path}:{n}: image prompts are not supported yet (text-only models)")
+        images = [images] if isinstance(images, str) else images
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+            fail(f"{path}:{n}: 'images' must be a path or a list of paths")
+        if q.count("<image>") not in (0, len(images)):
+            fail(f"{path}:{n}: {q.count('<image>')} <image> markers for {len(images)} images")
+        checked = [check_image(f"{path}:{n}", root, i, allow_abs_paths) for i in images]
         options = row.get("options", row.get("choices"))
         if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
             fail(f"{path}:{n}: 'options' must be a list of strings (the choices in order A, B, ...)")
-        rows.append({"question": q, "answer": extract_answer(a) or a, **({"options": options} if options else {})})
+        rows.append({"question": q, "answer": extract_answer(str(a)) or str(a), "where": f"{path}:{n}",
+                     "images": [c[0] for c in checked], "image_sizes": [c[1] for c in checked],
+                     **({"options": options} if options else {})})
     if not rows:
         fail(f"{path}: no examples")
     return rows
 
 
-def tokenize(rows, tok, max_len):
-    """Add student/teacher prompt ids; drop rows whose teacher prompt exceeds max_len tokens."""
+def check_image(where, root, item, allow_abs_paths):
+    """(path, (width, height)) of a data row's image, relative to the data file's directory."""
+    from PIL import Image
+    path = os.path.realpath(os.path.join(root, item))
+    if not allow_abs_paths and (os.path.isabs(item) or os.path.commonpath([path, root]) != root):
+        fail(f"{where}: image {item} is outside the data file's directory (--allow_abs_paths allows it)")
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+    except Exception as e:  # missing, unreadable, or not an image
+        fail(f"{where}: cannot read image {item}: {getattr(e, 'strerror', None) or e}")
+    return path, size
+
+
+def tokenize(rows, proc, max_len, template_kwargs):
+    """Add student/teacher prompt ids (image placeholders expanded); rows whose prompt exceeds max_len
+    tokens are dropped. Returns (rows, number dropped)."""
     out = []
     for r in rows:
-        s = tok(format_prompt(tok, student_prompt(r["question"])), add_special_tokens=False)["input_ids"]
-        t = tok(format_prompt(tok, teacher_prompt(r["question"], r["answer"])), add_special_tokens=False)["input_ids"]
+        sizes = r.get("image_sizes") or [im.size for im in r.get("images", [])]
+        s, t = (prompt_ids(proc, format_prompt(proc, text, len(sizes), **template_kwargs), sizes)
+                for text in (student_prompt(r["question"]), teacher_prompt(r["question"], r["answer"])))
         if max(len(s), len(t)) <= max_len:
             out.append({**r, "student_ids": s, "teacher_ids": t})
-    return out
+    return out, len(rows) - len(out)
 
 
 # ----------------------------------------------------------------------------- the built-in model
+def toy_phrases(task):
+    """The fixed phrases of the prompt templates and of the task's question: one token each."""
+    question = {**toy.TASKS, **toy.VL_TASKS}[task][0](random.Random(0))["question"]
+    text = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), question.split(":")[0]])
+    return text.replace("\0", "\n").split("\n")
+
+
 def toy_tokenizer(task="largest"):
-    """The built-in model's tokenizer: bytes plus one token per fixed phrase of the prompt templates."""
-    phrases = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"),
-                         toy.TASKS[task][0](random.Random(0))["question"].split(":")[0]])
-    return toy.tokenizer(phrases.replace("\0", "\n").split("\n"))
+    """The built-in text model's tokenizer: bytes plus one token per fixed phrase."""
+    return toy.tokenizer(toy_phrases(task))
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -246,6 +300,38 @@ def shard(model, device, mixed_precision):
     return model
 
 
+def keep_vision_in_step(model):
+    """FSDP all-gathers each vision block as it runs: a rank whose micro-batch has no image would skip
+    those collectives and leave the others waiting. So in training mode a forward without images runs
+    the vision tower on a blank 2x2-patch image, adding 0 x its output to the result: every rank runs
+    the tower once per forward. (Rollout and teacher pass keep all weights gathered: no collectives.)"""
+    inner, vc = model.model, model.config.vision_config
+    size, merge = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, vc.spatial_merge_size
+
+    def tensors(x):
+        if torch.is_tensor(x):
+            yield x
+        elif isinstance(x, (dict, list, tuple)):
+            for v in (x.values() if isinstance(x, dict) else x):
+                yield from tensors(v)
+
+    def run_blank(module, args, kwargs):
+        if module.training and kwargs.get("pixel_values") is None:
+            device = kwargs["input_ids"].device
+            out = module.visual(torch.zeros(merge * merge, size, device=device),
+                                grid_thw=torch.tensor([[1, merge, merge]], device=device))
+            module.blank_vision = sum(t.float().sum() for t in tensors(out)) * 0
+
+    def add_zero(module, args, kwargs, out):
+        if getattr(module, "blank_vision", None) is not None:
+            out.last_hidden_state = out.last_hidden_state + module.blank_vision
+            module.blank_vision = None
+        return out
+
+    inner.register_forward_pre_hook(run_blank, with_kwargs=True)
+    inner.register_forward_hook(add_zero, with_kwargs=True)
+
+
 @contextlib.contextmanager
 def gathered(model):
     """Keep every FSDP parameter gathered (rollout, no_grad passes): the decode loop then runs no
@@ -289,17 +375,24 @@ def gen_batch_size(model, prompts, args, device):
     return min(len(prompts), auto_gen_batch(model.config, longest, args.max_new_tokens, free, dtype_bytes=2))
 
 
-def rollout(model, tok, rows, repeat, args, eos, device, temperature, generator):
-    """Sample `repeat` responses per row (a group stays consecutive). Returns responses [N, T],
-    mask [N, T], decoded texts and the rows per generate call it used."""
+def row_images(proc, rows, device):
+    """Each row's image inputs ({} for a text row), computed once per step and shared by its G samples."""
+    return [image_inputs(proc, [open_image(i) for i in r.get("images", [])], device) for r in rows]
+
+
+def rollout(model, proc, refs, images, args, eos, device, temperature, generator):
+    """Sample one response per entry of refs (a row repeated G times: a group stays consecutive);
+    images[i] holds the image inputs of refs[i]. Returns responses [N, T], mask [N, T], decoded texts
+    and the rows per generate call it used."""
+    tok = tokenizer_of(proc)
     pad = tok.pad_token_id
-    prompts = [r["student_ids"] for r in rows for _ in range(repeat)]
+    prompts = [r["student_ids"] for r in refs]
     step = gen_batch_size(model, prompts, args, device)
     resps, masks = [], []
     for i in range(0, len(prompts), step):
         ids, mask = left_pad(prompts[i:i + step], pad)
         r, m, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos, pad,
-                           temperature, args.top_p, generator)
+                           temperature, args.top_p, generator, **cat_images(images[i:i + step]))
         resps.append(r)
         masks.append(m)
     T = max(r.shape[1] for r in resps)
@@ -310,24 +403,24 @@ def rollout(model, tok, rows, repeat, args, eos, device, temperature, generator)
 
 
 @torch.no_grad()
-def teacher_logprobs(teacher, ids, mask, resp, resp_mask, args):
+def teacher_logprobs(teacher, ids, mask, resp, resp_mask, images, args):
     """logp_T = log pi_teacher(y_t | x, a, y_<t) on the teacher prompt [N, P'] + the student's response
     [N, T], read at the response columns; micro-batched, parameters gathered once for the pass."""
+    mb = args.micro_batch
     with gathered(teacher):
-        return torch.cat([response_logprobs(teacher, ids[i:i + args.micro_batch], mask[i:i + args.micro_batch],
-                                            resp[i:i + args.micro_batch], resp_mask[i:i + args.micro_batch],
-                                            args.temperature)
-                          for i in range(0, resp.shape[0], args.micro_batch)])
+        return torch.cat([response_logprobs(teacher, ids[i:i + mb], mask[i:i + mb], resp[i:i + mb],
+                                            resp_mask[i:i + mb], args.temperature, **cat_images(images[i:i + mb]))
+                          for i in range(0, resp.shape[0], mb)])
 
 
-def evaluate(model, tok, rows, args, eos, device, rank, world):
+def evaluate(model, proc, rows, args, eos, device, rank, world):
     """Greedy accuracy on held-out rows, split over ranks."""
     mine = rows[rank::world]
     correct = 0.0
     model.eval()
     with gathered(model):  # collective: every rank enters, even one with no rows
         if mine:
-            _, _, texts, _ = rollout(model, tok, mine, 1, args, eos, device, 0.0, None)
+            _, _, texts, _ = rollout(model, proc, mine, row_images(proc, mine, device), args, eos, device, 0.0, None)
             correct = sum(reward(t, r["answer"], r.get("options")) for t, r in zip(texts, mine))
     c, n = all_reduce_sum([correct, len(mine)], device)
     return c / max(n, 1)
@@ -337,8 +430,8 @@ def evaluate(model, tok, rows, args, eos, device, rank, world):
 def train_step(model, opt, batch, lam, args, world):
     """Steps 5-9 on this rank's share of the step's batch, then one optimizer step.
 
-    batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], adv [N], and logp_teacher [N, T]
-    (None for GRPO or once lam = 0: every token then carries A_i, exactly). There is one update per
+    batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], adv [N], logp_teacher [N, T] (None
+    for GRPO or once lam = 0: every token then carries A_i, exactly) and images (N per-row image inputs). There is one update per
     rollout, so pi_old is the policy of this very forward: logp_old = logp.detach() (rho = 1) and no
     separate old-policy pass is needed. Each micro-batch's loss is its summed token loss / the global
     token count, so adding the micro-batches of all ranks gives the global token mean; FSDP averages
@@ -351,9 +444,10 @@ def train_step(model, opt, batch, lam, args, world):
     sums = [0.0] * 9  # loss, clip*n, entropy*n, delta*n, w*n, low*nw, high*nw, n, nw
     for i in range(0, batch["resp"].shape[0], args.micro_batch):
         mb = {k: v[i:i + args.micro_batch] if v is not None else None for k, v in batch.items()}
+        mb["images"] = mb.get("images") or []
         mask = mb["resp_mask"]
         logp, entropy = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask,
-                                          args.temperature, with_entropy=True)  # [n, T] each
+                                          args.temperature, with_entropy=True, **cat_images(mb["images"]))
         logp_old = logp.detach()
         if mb["logp_teacher"] is not None and lam > 0:
             token_adv, w = rlsd_token_advantages(mb["adv"], mb["logp_teacher"], logp_old, mask, lam, args.eps_w)
@@ -382,8 +476,8 @@ def train_step(model, opt, batch, lam, args, world):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model, tok, path, arch, dtype, rank):
-    """Hugging Face model dir (config.json + model.safetensors + tokenizer), written to path.tmp and
+def save_checkpoint(model, proc, path, arch, dtype, rank):
+    """Hugging Face model dir (config.json + model.safetensors + tokenizer/processor), written to path.tmp and
     renamed when complete. Every rank gathers; rank 0 writes."""
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
@@ -399,7 +493,7 @@ def save_checkpoint(model, tok, path, arch, dtype, rank):
         config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -412,8 +506,8 @@ def main(argv=None):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_args(args, world)
     if args.data:  # every data error surfaces before a model is loaded
-        train_rows = load_jsonl(args.data)
-        eval_rows = load_jsonl(args.eval_data) if args.eval_data else []
+        train_rows = load_jsonl(args.data, args.allow_abs_paths)
+        eval_rows = load_jsonl(args.eval_data, args.allow_abs_paths) if args.eval_data else []
         if not args.eval_data:
             random.Random(args.seed).shuffle(train_rows)
             n_eval = min(args.eval_size, len(train_rows) // 10)
@@ -421,47 +515,69 @@ def main(argv=None):
     else:
         train_rows, eval_rows = toy.task_data(args.task, 20000, args.eval_size, args.seed)
 
-    # ---- model: rank 0 loads the weights once; every rank builds a sharded skeleton and receives them
-    rank, world, device = setup_distributed(args.timeout_min)
-    torch.manual_seed(args.seed)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    if args.model:
-        tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    # ---- tokenizer / processor and config (no weights yet)
+    from transformers import AutoConfig
+    if args.model == "tiny-vl":
+        proc, save_dtype = toy.vl_processor(toy_phrases(args.task)), torch.float32
+        config = toy.vl_config(proc)
+    elif args.model:
+        proc = load_processor(args.model, args.trust_remote_code)
         config = AutoConfig.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
         save_dtype = config.dtype if isinstance(config.dtype, torch.dtype) else getattr(torch, config.dtype or "float32")
     else:
-        tok, save_dtype = toy_tokenizer(args.task), torch.float32
-        config = toy.text_config(tok)
+        proc, save_dtype = toy_tokenizer(args.task), torch.float32
+        config = toy.text_config(proc)
+    vision = is_vision_model(config)
+    if not vision and (r := next((r for r in train_rows + eval_rows if r.get("images")), None)):
+        fail(f"{r['where']}: a row with images, but {args.model or 'the built-in model'} is a text-only model")
+    if vision and args.max_pixels:
+        proc.image_processor.size = {"shortest_edge": min(proc.image_processor.size["shortest_edge"], args.max_pixels),
+                                     "longest_edge": args.max_pixels}
+    tok = tokenizer_of(proc)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    train_rows = tokenize(train_rows, tok, args.max_prompt_len)
-    eval_rows = tokenize(eval_rows, tok, args.max_prompt_len)
+    train_rows, dropped = tokenize(train_rows, proc, args.max_prompt_len, args.chat_template_kwargs)
+    eval_rows, dropped_eval = tokenize(eval_rows, proc, args.max_prompt_len, args.chat_template_kwargs)
     if len(train_rows) < args.prompts_per_step:
         fail(f"{len(train_rows)} usable training prompts (<= {args.max_prompt_len} tokens), "
              f"fewer than --prompts_per_step {args.prompts_per_step}")
+
+    # ---- model: rank 0 loads the weights once; every rank builds a sharded skeleton and receives them
+    rank, world, device = setup_distributed(args.timeout_min)
+    torch.manual_seed(args.seed)
     full_state = {}
     if rank == 0:  # the only full copy of the weights in host memory
-        if args.model:
-            source = AutoModelForCausalLM.from_pretrained(args.model, dtype=save_dtype,
-                                                          trust_remote_code=args.trust_remote_code)
+        if args.model == "tiny-vl" or not args.model:
+            source = toy.vl_model(proc) if vision else toy.text_model(proc)
+            if not args.data:  # the cold start knows the built-in tasks only
+                toy.warmup(source, proc, train_rows, student_prompt, teacher_prompt,
+                           {**toy.TASKS, **toy.VL_TASKS}[args.task][1], steps=args.warmup_steps)
         else:
-            source = toy.text_model(tok)
-            if not args.data:  # the cold start knows the built-in task only
-                toy.warmup(source, tok, train_rows, student_prompt, teacher_prompt, toy.TASKS[args.task][1],
-                           steps=args.warmup_steps)
+            source = model_class(config).from_pretrained(args.model, dtype=save_dtype,
+                                                         trust_remote_code=args.trust_remote_code)
         full_state = source.state_dict()
+        del source
     cuda = device.type == "cuda"
-    make = lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
+    make = lambda: model_class(config).from_config(config, trust_remote_code=args.trust_remote_code)
     model = build_sharded(make, full_state, device, torch.float32, cuda, bool(args.gradient_checkpointing))
     teacher = None
     if args.algo == "rlsd":  # frozen copy, refreshed every --teacher_sync steps; bf16 on GPU
         teacher = build_sharded(make, full_state, device, torch.bfloat16 if cuda else torch.float32, False)
         teacher.eval().requires_grad_(False)
     del full_state
-    arch, eos = model.config.architectures[0] if model.config.architectures else type(model).__name__, eos_token_ids(model, tok)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if vision and args.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    if vision and world > 1:
+        keep_vision_in_step(model)
+    arch = config.architectures[0] if config.architectures else type(model).__name__
+    eos = eos_token_ids(model, tok)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                            weight_decay=args.weight_decay)
     torch.manual_seed(args.seed * 1000 + rank + 1)  # per-rank sampling
     gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank + 1)
+    if rank == 0 and (dropped or dropped_eval):
+        print(f"{dropped} training and {dropped_eval} held-out rows dropped: prompt longer than "
+              f"--max_prompt_len {args.max_prompt_len} tokens")
 
     os.makedirs(args.out, exist_ok=True)
     log = open(os.path.join(args.out, "metrics.jsonl"), "w") if rank == 0 else None
@@ -471,7 +587,7 @@ def main(argv=None):
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
-    acc0 = evaluate(model, tok, eval_rows, args, eos, device, rank, world) if eval_rows else None
+    acc0 = evaluate(model, proc, eval_rows, args, eos, device, rank, world) if eval_rows else None
     write({"step": 0, "eval/accuracy": acc0})
     per_rank, G = args.prompts_per_step // world, args.group_size
     order, bad = [], 0
@@ -486,13 +602,16 @@ def main(argv=None):
         rows = [train_rows[i] for i in batch_idx[rank * per_rank:(rank + 1) * per_rank]]
 
         # ---- 1. group sampling (parameters stay gathered for the whole rollout)
+        refs = [r for r in rows for _ in range(G)]  # [N]: each prompt G times, a group consecutive
+        per_row = row_images(proc, rows, device)
+        images = [per_row[k // G] for k in range(len(refs))]
         model.eval()
         with gathered(model):
-            resp, resp_mask, texts, gen_batch = rollout(model, tok, rows, G, args, eos, device, args.temperature, gen)
+            resp, resp_mask, texts, gen_batch = rollout(model, proc, refs, images, args, eos, device,
+                                                        args.temperature, gen)
         t_rollout = time.time()
 
         # ---- 2-3. binary rewards, group advantages
-        refs = [r for r in rows for _ in range(G)]
         rewards = torch.tensor([reward(t, r["answer"], r.get("options")) for t, r in zip(texts, refs)],
                                device=device)  # [N]
         adv = group_advantages(rewards, G)  # [N]
@@ -502,13 +621,13 @@ def main(argv=None):
         logp_teacher = None
         if lam > 0:
             t_ids, t_mask = left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id)
-            logp_teacher = teacher_logprobs(teacher, t_ids.to(device), t_mask.to(device), resp, resp_mask, args)
+            logp_teacher = teacher_logprobs(teacher, t_ids.to(device), t_mask.to(device), resp, resp_mask, images, args)
         t_teacher = time.time()
 
         # ---- 5-9. token advantages and the policy update
         s_ids, s_mask = left_pad([r["student_ids"] for r in refs], tok.pad_token_id)
         batch = dict(prompt_ids=s_ids.to(device), prompt_mask=s_mask.to(device), resp=resp, resp_mask=resp_mask,
-                     adv=adv, logp_teacher=logp_teacher)
+                     adv=adv, logp_teacher=logp_teacher, images=images)
         st = train_step(model, opt, batch, lam, args, world)
         if teacher is not None and step % args.teacher_sync == 0:  # teacher <- policy (same shards)
             with torch.no_grad():
@@ -532,14 +651,14 @@ def main(argv=None):
         if bad >= args.max_bad_steps:
             raise RuntimeError(f"{bad} non-finite steps in a row; lower --lr or check the data")
         if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
-            rec["eval/accuracy"] = evaluate(model, tok, eval_rows, args, eos, device, rank, world) if eval_rows else None
+            rec["eval/accuracy"] = evaluate(model, proc, eval_rows, args, eos, device, rank, world) if eval_rows else None
         if args.save_every and step % args.save_every == 0 and step != args.steps:
-            save_checkpoint(model, tok, os.path.join(args.out, f"checkpoint-{step}"), arch, save_dtype, rank)
+            save_checkpoint(model, proc, os.path.join(args.out, f"checkpoint-{step}"), arch, save_dtype, rank)
         write(rec)
         bar.set_postfix(reward=f"{rec['train/reward']:.3f}", s_step=f"{dt:.2f}",
                         **({"eval": f"{rec['eval/accuracy']:.3f}"} if rec.get("eval/accuracy") is not None else {}))
 
-    save_checkpoint(model, tok, os.path.join(args.out, "final"), arch, save_dtype, rank)
+    save_checkpoint(model, proc, os.path.join(args.out, "final"), arch, save_dtype, rank)
     if rank == 0:
         final = rec.get("eval/accuracy") if args.steps else acc0
         print(f"eval/accuracy {acc0} -> {final}; checkpoint in {os.path.join(args.out, 'final')}")
