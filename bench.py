@@ -190,7 +190,7 @@ def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
     teacher = train.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     rows, _ = toy.task_data("largest", prompts, 1, 0)
-    rows = train.tokenize(rows, tok, 256)
+    rows, _ = train.tokenize(rows, tok, 256, {})
     refs = [r for r in rows for _ in range(G)]
     pad = tok.pad_token_id
     s_ids, s_mask = [t.to(device) for t in sample.left_pad([r["student_ids"] for r in refs], pad)]
@@ -203,17 +203,17 @@ def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
         t0 = time.perf_counter()
         model.eval()
         with train.gathered(model):
-            resp, resp_mask, texts, _ = train.rollout(model, tok, rows, G, args, set(), device, 1.0, gen)
+            resp, resp_mask, texts, _, _ = train.rollout(model, tok, refs, [{}] * len(refs), args, set(), device, 1.0, gen)
         sync(device)
         t_roll = time.perf_counter() - t0
         adv = rlsd.group_advantages(torch.randn(len(refs), device=device).round(), G)
         for name, lam in (("rlsd, lam > 0", 0.5), ("rlsd, lam = 0", 0.0), ("grpo", None)):
             t1 = time.perf_counter()
-            logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, args) if lam else None
+            logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, [{}] * len(refs), args) if lam else None
             sync(device)
             t2 = time.perf_counter()
             batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
-                         logp_teacher=logp_t)
+                         logp_teacher=logp_t, images=None)
             train.train_step(model, opt, batch, lam or 0.0, args, 1)
             sync(device)
             t3 = time.perf_counter()
@@ -272,10 +272,11 @@ def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_b
         with train.gathered(model):
             resp, resp_mask, _ = sample.generate(model, ids, mask, new_tokens, set(), 0, 1.0, 1.0, g)
         peaks["rollout"] = rss_peak_reset() - base
-        logp_t = train.teacher_logprobs(teacher, ids, mask, resp, resp_mask, args)
+        logp_t = train.teacher_logprobs(teacher, ids, mask, resp, resp_mask, [{}] * rows, args)
         peaks["teacher"] = rss_peak_reset() - base
         adv = rlsd.group_advantages(torch.randn(rows, generator=g), 2)
-        batch = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, resp_mask=resp_mask, adv=adv, logp_teacher=logp_t)
+        batch = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, resp_mask=resp_mask, adv=adv, logp_teacher=logp_t,
+                     images=None)
         train.train_step(model, opt, batch, 0.5, args, world)
         peaks["update"] = rss_peak_reset() - base
     torch.save(peaks, f"{out}.{rank}")

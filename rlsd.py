@@ -6,6 +6,7 @@ The steps, in the paper's order (numbers as in DESIGN.md):
   7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)
   5-8. rlsd_token_advantages Â_t  = A_i * ((1 - lam) + lam * clip(exp(sign(A_i) * Delta_t), 1 - eps_w, 1 + eps_w))
   9. policy_loss            PPO clipped surrogate, token mean over the global batch
+  -  generalized_jsd        the OPSD baseline's per-token divergence (teacher vs student distributions)
 
 Shapes: N responses, T response tokens (right-padded). `mask` is 1 on real response tokens (EOS
 included) and 0 on padding. No I/O, no models, no ranks: copy this file into any trainer.
@@ -106,3 +107,23 @@ def policy_loss(logp, logp_old, token_adv, mask, clip_low=0.2, clip_high=0.28, n
     stats = {"ratio_clip_frac": ((surr_clipped < surr).float() * mask).sum().item() / n,
              "ratio_mean": (ratio.detach() * mask).sum().item() / n}
     return loss, stats
+
+
+def generalized_jsd(student_logits, teacher_logits, beta=0.5, temperature=1.0):
+    """Per-position generalized Jensen-Shannon divergence of the OPSD baseline (arXiv 2601.18734):
+
+        JSD_b(p_T, p_S) = b KL(p_T || M) + (1 - b) KL(p_S || M),    M = b p_T + (1 - b) p_S
+
+    between the teacher's and the student's full next-token distributions at `temperature`.
+    student_logits [C, V] (the gradient flows through these), teacher_logits [C, V] (detached)
+    -> [C]. Computed in log space in float32; 0 < beta < 1; zero where the two agree.
+    """
+    if not 0 < beta < 1:
+        raise ValueError(f"beta must be in (0, 1), got {beta}")
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    log_s = torch.log_softmax(student_logits.to(dtype) / temperature, -1)  # [C, V]
+    log_t = torch.log_softmax(teacher_logits.detach().to(dtype) / temperature, -1)
+    log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log(1 - beta))  # log M
+    kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)  # KL(p_T || M)
+    kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)  # KL(p_S || M)
+    return beta * kl_t + (1 - beta) * kl_s  # [C]

@@ -10,13 +10,16 @@ Extra model inputs (e.g. `pixel_values` of a vision-language model) go to the pr
 CLI: python sample.py CHECKPOINT_DIR "prompt" [--n 4] [--temperature 1.0] [--max_new_tokens 256]
 """
 import argparse
+import json
+import os
+import sys
 from functools import partial
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, DynamicLayer
 
-from rlsd import token_logprobs
+from rlsd import generalized_jsd, token_logprobs
 
 
 def left_pad(seqs, pad_id):
@@ -201,26 +204,11 @@ def output_hidden(model, **inputs):
     return captured[0]
 
 
-def chunk_scores(weight, hidden, tokens, temperature, with_entropy):
-    """log p(tokens) and the entropy of the next-token distribution for a chunk of positions:
-    hidden [C, H], tokens [C] -> ([C], [C] or None). The [C, V] logits live only in here."""
-    logits = hidden @ weight.t()  # [C, V]
-    logp = token_logprobs(logits[None], tokens[None], temperature)[0]  # [C]
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        z = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, -1)
-        return logp, -(z.exp() * z).sum(-1)
+def response_hidden(model, prompt_ids, prompt_mask, resp, resp_mask, **model_inputs):
+    """Hidden states that predict the real response tokens: [M, H], M = resp_mask.sum(), row by row.
 
-
-def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperature=1.0,
-                      with_entropy=False, chunk=CHUNK, **model_inputs):
-    """log p(resp_t | prompt, resp_<t) for every response column: [N, T] (and entropy [N, T]).
-
-    Sequence = left-padded prompt [N, P] + right-padded response [N, T]; the hidden states at columns
-    P-1 .. P+T-2 predict the response. Only real response tokens are projected onto the vocabulary,
-    `chunk` at a time; with gradients on, each chunk is recomputed in the backward instead of kept,
-    so no [N, T, V] tensor ever exists. Padding columns get 0."""
+    Sequence = left-padded prompt [N, P] + right-padded response [N, T]; the states at columns
+    P-1 .. P+T-2 predict the response."""
     width = int(prompt_mask.sum(1).max())  # drop columns that are padding in every row
     ids = torch.cat([prompt_ids[:, -width:], resp], dim=1)  # [N, P + T]
     mask = torch.cat([prompt_mask[:, -width:], resp_mask], dim=1)
@@ -228,20 +216,45 @@ def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperatu
     pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"), prompt_len=width)
     hidden = output_hidden(model, input_ids=ids, attention_mask=mask, position_ids=pos,
                            logits_to_keep=T + 1, use_cache=False, **model_inputs)[:, :T]  # [N, T, H]
-    sel = resp_mask.bool()
-    h, tokens = hidden[sel], resp[sel]  # [M, H], [M]: real response tokens only
-    weight = model.get_output_embeddings().weight  # [V, H]
-    score = partial(chunk_scores, temperature=temperature, with_entropy=with_entropy)
+    return hidden[resp_mask.bool()]  # [M, H]
+
+
+def in_chunks(fn, *tensors, chunk=CHUNK):
+    """fn over row chunks of the [M, ...] tensors, outputs concatenated. With gradients on, each chunk
+    is recomputed in the backward instead of kept, so only one chunk's logits ever exist."""
     if torch.is_grad_enabled():
-        score = partial(checkpoint, score, use_reentrant=False)
-    parts = [score(weight, h[i:i + chunk], tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)]
-    dtype = torch.promote_types(hidden.dtype, torch.float32)
-    logp = torch.zeros(resp.shape, dtype=dtype, device=resp.device).masked_scatter(
-        sel, torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=dtype))  # [N, T]
-    if not with_entropy:
-        return logp
-    ent = torch.zeros(resp.shape, dtype=dtype, device=resp.device)
-    return logp, ent.masked_scatter(sel, torch.cat([p[1] for p in parts]) if parts else ent[sel])
+        fn = partial(checkpoint, fn, use_reentrant=False)
+    outs = [fn(*(t[i:i + chunk] for t in tensors)) for i in range(0, len(tensors[0]), chunk)]
+    return [torch.cat(o) for o in zip(*outs)] if outs else None
+
+
+def token_scores(hidden, tokens, teacher_hidden=None, *, weight, temperature, teacher_weight=None, beta=0.5):
+    """For a chunk of positions (hidden [C, H], tokens [C]): log p(tokens), the entropy of the
+    next-token distribution and, given the teacher's hidden states, the OPSD divergence between the
+    teacher's and the student's distributions (else 0). Each [C]; the [C, V] logits live only here."""
+    logits = hidden @ weight.t()  # [C, V]
+    logp = token_logprobs(logits[None], tokens[None], temperature)[0]
+    jsd = (generalized_jsd(logits, teacher_hidden @ teacher_weight.t(), beta, temperature)
+           if teacher_hidden is not None else torch.zeros_like(logp))
+    with torch.no_grad():
+        z = torch.log_softmax(logits.to(logp.dtype) / temperature, -1)
+        return logp, -(z.exp() * z).sum(-1), jsd
+
+
+def unflatten(values, resp_mask):
+    """[M] values of the real response tokens -> [N, T], 0 on padding."""
+    out = torch.zeros(resp_mask.shape, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(resp_mask.bool(), values)
+
+
+def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperature=1.0,
+                      with_entropy=False, chunk=CHUNK, **model_inputs):
+    """log p(resp_t | prompt, resp_<t) for every response column: [N, T] (and entropy [N, T]), 0 on
+    padding. Only real response tokens are projected onto the vocabulary, `chunk` at a time."""
+    hidden = response_hidden(model, prompt_ids, prompt_mask, resp, resp_mask, **model_inputs)  # [M, H]
+    score = partial(token_scores, weight=model.get_output_embeddings().weight, temperature=temperature)
+    logp, ent, _ = (unflatten(x, resp_mask) for x in in_chunks(score, hidden, resp[resp_mask.bool()], chunk=chunk))
+    return (logp, ent) if with_entropy else logp
 
 
 # ----------------------------------------------------------------------------- memory
@@ -262,6 +275,29 @@ def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2
     act = (4 * c.hidden_size + 3 * getattr(c, "intermediate_size", 4 * c.hidden_size)) * dtype_bytes
     per_row = max(kv * (prompt_len + max_new_tokens), (kv + act) * prompt_len) + 3 * 4 * c.vocab_size
     return max(1, int(free_bytes * (1 - reserve) // per_row))
+
+
+# ----------------------------------------------------------------------------- the prompts of training
+INSTRUCTION = "Give the final answer as <answer>...</answer>."
+# Phrases of the teacher's privileged block: a student response that uses one leaked it.
+LEAK_PHRASES = ("reference solution", "reference answer", "given answer", "given solution", "provided answer",
+                "provided solution", "the solution says", "the answer given")
+
+
+def student_prompt(question):
+    return f"{question}\n{INSTRUCTION}"
+
+
+def teacher_prompt(question, answer):
+    """Privileged context: the question plus the reference answer, same answer format asked."""
+    return (f"{question}\nHere is a reference solution: {answer}\n"
+            f"Solve the problem in your own way and reach the same answer. {INSTRUCTION}")
+
+
+def leaked(response):
+    """Does a student response refer to the teacher's privileged block?"""
+    text = " ".join(response.lower().split())
+    return any(p in text for p in LEAK_PHRASES)
 
 
 # ----------------------------------------------------------------------------- models, processors, prompts
@@ -292,6 +328,29 @@ def load_processor(path, trust_remote_code=False):
     if not is_vision_model(config):
         return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     return image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])).from_pretrained(path)
+
+
+# The video processor each image-only Qwen-VL processor stands in for, and the hub's settings for it that
+# differ from the image processor's (Qwen2(.5)-VL's video processor takes the image sizes).
+VIDEO_PROCESSORS = {"Qwen3VLProcessor": ("Qwen3VLVideoProcessor", {"shortest_edge": 4096, "longest_edge": 25165824}),
+                    "Qwen2_5_VLProcessor": ("Qwen2VLVideoProcessor", None),
+                    "Qwen2VLProcessor": ("Qwen2VLVideoProcessor", None)}
+
+
+def write_video_config(proc, directory):
+    """video_preprocessor_config.json beside a saved image-only processor, so that where torchvision is
+    installed AutoProcessor.from_pretrained(directory) loads the stock processor (it requires a video
+    processor). Only JSON is written; patching and normalization are the image processor's."""
+    if type(proc).__name__ not in VIDEO_PROCESSORS or not hasattr(proc, "image_processor"):
+        return
+    kind, size = VIDEO_PROCESSORS[type(proc).__name__]
+    image = proc.image_processor
+    config = {"video_processor_type": kind, "processor_class": type(proc).__name__,
+              "size": size or {k: image.size[k] for k in ("shortest_edge", "longest_edge")},
+              **{k: getattr(image, k) for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean",
+                                                  "image_std") if getattr(image, k, None) is not None}}
+    with open(os.path.join(directory, "video_preprocessor_config.json"), "w") as f:
+        json.dump(config, f, indent=2, default=list)
 
 
 def model_class(config):
@@ -367,36 +426,136 @@ def open_image(item):
     return (Image.open(item) if isinstance(item, str) else item).convert("RGB")
 
 
+# ----------------------------------------------------------------------------- the command line
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def token_credit(model, proc, question, reference, resp, resp_mask, images, eps_w=0.2):
+    """RLSD's view of one response (resp [1, T]): Delta_t = log p_T - log p_S (the same network, with
+    and without the reference) and the evidence weight w_t = exp(sign(A) Delta_t), A's sign from the
+    response's reward against the reference. Returns (delta [T], w [T], reward)."""
+    from verify import reward
+    tok, sizes = tokenizer_of(proc), [im.size for im in images]
+    extra = image_inputs(proc, images, resp.device)
+    logps = []
+    for text in (student_prompt(question), teacher_prompt(question, reference)):
+        ids = torch.tensor([prompt_ids(proc, format_prompt(proc, text, len(images)), sizes)], device=resp.device)
+        logps.append(response_logprobs(model, ids, torch.ones_like(ids), resp, resp_mask, 1.0, **extra)[0])
+    r = reward(tok.decode(resp[0][resp_mask[0].bool()], skip_special_tokens=True), reference)
+    delta = logps[1] - logps[0]
+    return delta, torch.exp((1 if r else -1) * delta), r
+
+
+def write_heatmap(path, tok, resp, delta, w, r, question):
+    """credit.html and credit.png (same stem) with one coloured cell per response token."""
+    import plot
+    tokens = [tok.decode([t]) for t in resp.tolist()]
+    title = f"{question[:80]} | reward {r:g}: w = exp({'+' if r else '-'}Delta)"
+    stem = os.path.splitext(path)[0]
+    with open(stem + ".html", "w", encoding="utf-8") as f:
+        f.write(plot.credit_html(tokens, w.tolist(), delta.tolist(), title, advantage=1.0 if r else -1.0))
+    plot.credit_png(tokens, w.tolist(), delta.tolist(), stem + ".png", title, advantage=1.0 if r else -1.0)
+    return stem + ".html", stem + ".png"
+
+
+def evaluate_file(model, proc, path, out_path, n, args, device):
+    """Accuracy of a checkpoint on a JSONL of {question, answer[, images, options]}: greedy (n = 1) or
+    the mean over n samples at --temperature. Writes one row per question and sample."""
+    from train import load_jsonl  # the trainer's reader: same fields, same errors
+    from verify import extract_answer, reward
+    tok = tokenizer_of(proc)
+    rows, total, out = load_jsonl(path, args.allow_abs_paths), 0.0, []
+    temperature = args.temperature if n > 1 else 0.0
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    for i in range(0, len(rows), max(1, args.batch // n)):
+        chunk = [r for r in rows[i:i + max(1, args.batch // n)] for _ in range(n)]
+        images = [[open_image(p) for p in r["images"]] for r in chunk]
+        ids, mask = left_pad([prompt_ids(proc, format_prompt(proc, student_prompt(r["question"]), len(ims)),
+                                         [im.size for im in ims]) for r, ims in zip(chunk, images)], tok.pad_token_id)
+        resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos_token_ids(model, tok),
+                                  tok.pad_token_id, temperature, args.top_p, gen,
+                                  **image_inputs(proc, [im for ims in images for im in ims], device))
+        for k, (r, y, m) in enumerate(zip(chunk, resp, rmask)):
+            text = tok.decode(y[m.bool()], skip_special_tokens=True)
+            score = reward(text, r["answer"], r.get("options"))
+            total += score
+            out.append({"where": r["where"], "sample": k % n, "question": r["question"], "answer": r["answer"],
+                        "response": text, "extracted": extract_answer(text), "reward": score})
+        print(f"\r{len(out) // n}/{len(rows)} questions, accuracy {total / len(out):.4f}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    with open(out_path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(o, ensure_ascii=False) + "\n" for o in out)
+    return total / max(len(out), 1), len(rows)
+
+
 def main():
-    from transformers import AutoConfig
-    p = argparse.ArgumentParser(description="Sample responses from a saved checkpoint directory.")
-    p.add_argument("checkpoint")
-    p.add_argument("prompt")
+    p = argparse.ArgumentParser(description="Sample from a saved checkpoint, draw RLSD's token credit, or evaluate.")
+    p.add_argument("checkpoint", help="a model directory saved by train.py (or any Hugging Face model directory)")
+    p.add_argument("question", nargs="?", help="asked in the training format (the student prompt), unless --raw")
+    p.add_argument("--raw", action="store_true", help="send the question as the whole prompt")
     p.add_argument("--image", action="append", default=[], help="an image for a VLM (repeatable); <image> in the "
-                                                                "prompt marks where each goes, else they come first")
-    p.add_argument("--n", type=int, default=4, help="responses to draw")
+                                                                "question marks where each goes, else they come first")
+    p.add_argument("--n", type=int, default=4, help="responses to draw (with --eval: samples per question, 1 = greedy)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", help="the reference answer: with --heatmap, the teacher's privileged information")
+    p.add_argument("--response", help="score this response instead of a sampled one (with --heatmap)")
+    p.add_argument("--heatmap", metavar="PATH", help="write RLSD's per-token credit as PATH.html and PATH.png")
+    p.add_argument("--eval", metavar="FILE", help="accuracy on a JSONL of {question, answer[, images, options]}")
+    p.add_argument("--out", default=None, help="--eval: per-question results (default: FILE.results.jsonl)")
+    p.add_argument("--batch", type=int, default=64, help="--eval: rows per generate call")
+    p.add_argument("--allow_abs_paths", action="store_true", help="--eval: images outside the data file's directory")
     p.add_argument("--trust_remote_code", action="store_true")
     args = p.parse_args()
+    if not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
+        fail(f"{args.checkpoint} is not a model directory (no config.json)")
+    if args.eval is None and args.question is None:
+        fail("give a question, or --eval FILE")
+    if args.heatmap and not args.reference:
+        fail("--heatmap needs --reference (the teacher's privileged answer)")
+    if args.eval and not os.path.isfile(args.eval):
+        fail(f"--eval: no such file {args.eval}")
+    from transformers import AutoConfig
     device = "cuda" if torch.cuda.is_available() else "cpu"
     proc = load_processor(args.checkpoint, args.trust_remote_code)
     config = AutoConfig.from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code)
     model = model_class(config).from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code,
                                                 dtype="auto").to(device).eval()
-    images = [open_image(path) for path in args.image]
-    prompt = prompt_ids(proc, format_prompt(proc, args.prompt, len(images)), [im.size for im in images])
     tok = tokenizer_of(proc)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids, mask = left_pad([prompt] * args.n, pad)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
-    resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos_token_ids(model, tok),
-                              pad, args.temperature, args.top_p, gen, **image_inputs(proc, images * args.n, device))
-    for i in range(args.n):
-        print(f"--- sample {i} ({int(rmask[i].sum())} tokens)")
-        print(tok.decode(resp[i][rmask[i].bool()], skip_special_tokens=True))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if args.eval:
+        out = args.out or os.path.splitext(args.eval)[0] + ".results.jsonl"
+        acc, n = evaluate_file(model, proc, args.eval, out, args.n, args, device)
+        print(f"accuracy {acc:.4f} on {n} questions ({'greedy' if args.n == 1 else f'mean of {args.n} samples'}); "
+              f"per-question results in {out}")
+        return
+    images = [open_image(path) for path in args.image]
+    text = args.question if args.raw else student_prompt(args.question)
+    prompt = prompt_ids(proc, format_prompt(proc, text, len(images)), [im.size for im in images])
+    ids, mask = left_pad([prompt] * args.n, tok.pad_token_id)
+    if args.response is not None:
+        resp = torch.tensor([tok(args.response, add_special_tokens=False)["input_ids"]], device=device)
+        rmask = torch.ones_like(resp)
+    else:
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos_token_ids(model, tok),
+                                  tok.pad_token_id, args.temperature, args.top_p, gen,
+                                  **image_inputs(proc, images * args.n, device))
+        for i in range(args.n):
+            print(f"--- sample {i} ({int(rmask[i].sum())} tokens)")
+            print(tok.decode(resp[i][rmask[i].bool()], skip_special_tokens=True))
+    if args.heatmap:
+        first, fmask = resp[:1], rmask[:1]
+        delta, w, r = token_credit(model, proc, args.question, args.reference, first, fmask, images)
+        n = int(fmask.sum())
+        paths = write_heatmap(args.heatmap, tok, first[0, :n], delta[:n], w[:n], r, args.question)
+        print(f"token credit of {'the given response' if args.response is not None else 'sample 0'} "
+              f"(reward {r:g}): {paths[0]}, {paths[1]}")
 
 
 if __name__ == "__main__":

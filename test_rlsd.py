@@ -1,4 +1,5 @@
 """Tests: python -m pytest -q test_rlsd.py   (CPU only, no network, a few minutes on 2 cores)."""
+import functools
 import json
 import math
 import os
@@ -157,6 +158,79 @@ def test_micro_batches_give_the_same_gradient():
 
     for a, b in zip(grads([slice(0, 4)]), grads([slice(0, 1), slice(1, 3), slice(3, 4)])):
         torch.testing.assert_close(a, b)
+
+
+def test_generalized_jsd_matches_python_and_is_zero_when_teacher_equals_student():
+    s = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]], dtype=torch.float64)
+    t = torch.tensor([[0.0, 2.0, 0.0], [0.5, 0.5, 2.0]], dtype=torch.float64)
+    got = rlsd.generalized_jsd(s, t, beta=0.3, temperature=0.8)
+    for c in range(2):
+        ps = [math.exp(v / 0.8) for v in s[c].tolist()]
+        pt = [math.exp(v / 0.8) for v in t[c].tolist()]
+        ps, pt = [p / sum(ps) for p in ps], [p / sum(pt) for p in pt]
+        m = [0.3 * a + 0.7 * b for a, b in zip(pt, ps)]
+        want = 0.3 * sum(a * math.log(a / k) for a, k in zip(pt, m)) + 0.7 * sum(b * math.log(b / k) for b, k in zip(ps, m))
+        assert got[c].item() == pytest.approx(want, abs=1e-12)
+    assert got[0] > 0 and got[1].abs() < 1e-12  # zero exactly where the two distributions agree
+    x = s.clone().requires_grad_(True)
+    rlsd.generalized_jsd(x, x.detach()).sum().backward()
+    assert x.grad.abs().max() < 1e-12  # teacher = student: no gradient either
+    with pytest.raises(ValueError):
+        rlsd.generalized_jsd(s, t, beta=1.0)
+
+
+def test_generalized_jsd_gradient_matches_finite_differences_and_skips_the_teacher():
+    torch.manual_seed(6)
+    s = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: rlsd.generalized_jsd(x, t, 0.5, 1.3), (s,))
+    rlsd.generalized_jsd(s, t).sum().backward()
+    assert t.grad is None and s.grad.abs().sum() > 0  # the gradient flows through the student only
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+def test_chunked_jsd_equals_unchunked(chunk):
+    student, teacher = tiny_model(seed=0), tiny_model(seed=1)
+    torch.manual_seed(7)
+    ids, mask = sample.left_pad([[1, 2, 3], [4, 5]], 0)
+    t_ids, t_mask = sample.left_pad([[1, 2, 3, 9, 9], [4, 5, 9]], 0)
+    resp, rmask = torch.randint(1, 32, (2, 4)), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    h = sample.response_hidden(student, ids, mask, resp, rmask)
+    with torch.no_grad():
+        ht = sample.response_hidden(teacher, t_ids, t_mask, resp, rmask)
+    score = functools.partial(sample.token_scores, weight=student.lm_head.weight, temperature=0.9,
+                              teacher_weight=teacher.lm_head.weight, beta=0.5)
+    logp, ent, jsd = sample.in_chunks(score, h, resp[rmask.bool()], ht, chunk=chunk)
+    jsd.sum().backward()
+    got = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad()
+    whole = rlsd.generalized_jsd(sample.response_hidden(student, ids, mask, resp, rmask) @ student.lm_head.weight.t(),
+                                 ht @ teacher.lm_head.weight.t(), 0.5, 0.9)
+    torch.testing.assert_close(jsd, whole)
+    whole.sum().backward()
+    for a, p in zip(got, student.parameters()):
+        torch.testing.assert_close(a, p.grad)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_equal_to_student_with_the_same_prompt_gives_delta_zero_and_weight_one():
+    model = tiny_model()
+    ids, mask = sample.left_pad([[1, 2, 3], [4, 5]], 0)
+    resp, rmask = torch.randint(1, 32, (2, 4)), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    logp = sample.response_logprobs(model, ids, mask, resp, rmask)
+    again = sample.response_logprobs(model, ids, mask, resp, rmask)
+    adv = torch.tensor([1.3, -0.4])
+    token_adv, st = rlsd.rlsd_token_advantages(adv, again, logp, rmask, lam=0.5)
+    assert st["delta_mean"] == 0 and st["w_mean"] == 1 and st["w_clip_low_frac"] == st["w_clip_high_frac"] == 0
+    assert torch.equal(token_adv, adv[:, None] * rmask)
+
+
+def test_leak_rate_counts_only_responses_that_mention_the_privileged_block():
+    assert sample.leaked("As the Reference  Solution says, it is 9.")
+    assert sample.leaked("the given answer is <answer>9</answer>")
+    assert not sample.leaked("The largest number is 9, so <answer>9</answer>")
+    assert not sample.leaked("I will solve it myself; the answer refers to nothing else.")
+    assert sample.leaked(sample.teacher_prompt("q", "a"))  # an echo of the teacher's prompt is caught
 
 
 # ----------------------------------------------------------------------------- sample.py
@@ -1075,11 +1149,30 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     prompt = train.student_prompt("Which number is largest: 1, 5, 3, 2?")  # the tokenizer round-trips
     assert tok(prompt)["input_ids"] == train.toy_tokenizer()(prompt)["input_ids"]
 
-    # the sampling CLI works on the checkpoint
-    prompt = train.student_prompt("Which number is largest: 1, 5, 3, 2?")
-    res = subprocess.run([sys.executable, "sample.py", ckpt, prompt, "--n", "2", "--max_new_tokens", "8"],
+    # the sampling CLI works on the checkpoint; the credit heatmap; evaluation of a data file
+    question = "Which number is largest: 1, 5, 3, 2?"
+    res = subprocess.run([sys.executable, "sample.py", ckpt, question, "--n", "2", "--max_new_tokens", "8",
+                          "--reference", "5", "--heatmap", str(tmp_path / "credit.html")],
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]
+    html = (tmp_path / "credit.html").read_text()
+    from PIL import Image
+    assert "w=" in html and Image.open(tmp_path / "credit.png").size[0] > 100
+    res = subprocess.run([sys.executable, "sample.py", ckpt, question, "--reference", "5", "--response",
+                          "<answer>5</answer>", "--heatmap", str(tmp_path / "given.html")],
+                         cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "(reward 1)" in res.stdout, res.stderr[-2000:]
+    cells = (tmp_path / "given.html").read_text().count('title="w=')
+    assert cells == len(tok("<answer>5</answer>")["input_ids"])  # one cell per response token
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(toy.largest(__import__("random").Random(i))) + "\n" for i in range(5)))
+    res = subprocess.run([sys.executable, "sample.py", ckpt, "--eval", str(data), "--n", "1", "--max_new_tokens", "8",
+                          "--out", str(tmp_path / "res.jsonl")], cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "on 5 questions (greedy)" in res.stdout, res.stderr[-2000:]
+    rows = [json.loads(l) for l in (tmp_path / "res.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all(set(r) >= {"response", "extracted", "reward", "where"} for r in rows)
+    acc = float(res.stdout.split("accuracy ")[1].split()[0])
+    assert acc == pytest.approx(sum(r["reward"] for r in rows) / 5)
 
     # the real loading path (--model DIR) trains from the directory our own code saved; also the
     # GRPO baseline and gradient checkpointing under FSDP
@@ -1122,7 +1215,7 @@ def test_end_to_end_tiny_vl_two_processes_mixed_image_and_text_rows(tmp_path):
     assert type(AutoImageProcessor.from_pretrained(ckpt)).__name__.startswith("Qwen2VLImageProcessor")
     proc = sample.load_processor(ckpt)
     assert proc.tokenizer("<|image_pad|>")["input_ids"] == [model.config.image_token_id]
-    res = subprocess.run([sys.executable, "sample.py", ckpt, train.student_prompt(row["question"]), "--image",
+    res = subprocess.run([sys.executable, "sample.py", ckpt, row["question"], "--image",
                           str(data / "bars.png"), "--n", "2", "--max_new_tokens", "6"],
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]

@@ -19,6 +19,7 @@ import shutil
 import socket
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -29,25 +30,12 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
 
 from rlsd import group_advantages, lam_schedule, policy_loss, rlsd_token_advantages
-from sample import (auto_gen_batch, cat_images, eos_token_ids, format_prompt, generate, image_inputs, is_vision_model,
-                    left_pad, load_processor, model_class, open_image, prompt_ids, response_logprobs, tokenizer_of)
+from sample import (auto_gen_batch, cat_images, eos_token_ids, format_prompt, generate, image_inputs, in_chunks,
+                    is_vision_model, left_pad, load_processor, model_class, open_image, prompt_ids, response_hidden,
+                    response_logprobs, student_prompt, teacher_prompt, token_scores, tokenizer_of, unflatten, leaked,
+                    write_video_config)
 import toy
 from verify import extract_answer, reward
-
-# ----------------------------------------------------------------------------- prompts
-INSTRUCTION = "Give the final answer as <answer>...</answer>."
-LEAK_MARKER = "reference solution"  # a student response that says this leaked the teacher's block
-
-
-def student_prompt(question):
-    return f"{question}\n{INSTRUCTION}"
-
-
-def teacher_prompt(question, answer):
-    """Privileged context: the question plus the reference answer, same answer format asked."""
-    return (f"{question}\nHere is a reference solution: {answer}\n"
-            f"Solve the problem in your own way and reach the same answer. {INSTRUCTION}")
-
 
 # ----------------------------------------------------------------------------- arguments
 # Flags left at None take the paper's value with --model, the toy value without it.
@@ -85,7 +73,9 @@ def parse_args(argv=None):
     a("--out", default="out", help="output dir: metrics.jsonl, checkpoints")
     a("--task", default=None, choices=sorted({**toy.TASKS, **toy.VL_TASKS}),
       help="built-in task without --data (default: largest, with tiny-vl: bars)")
-    a("--algo", default="rlsd", choices=["rlsd", "grpo"], help="grpo: w = 1, no teacher pass")
+    a("--algo", default="rlsd", choices=["rlsd", "grpo", "opsd", "grpo+opsd"],
+      help="grpo: w = 1, no teacher; opsd: the distillation baseline (JSD to the frozen initial policy given the "
+           "reference); grpo+opsd: GRPO loss + --distill_coef x the OPSD loss")
     a("--steps", type=int, default=300)
     a("--prompts_per_step", type=int, default=None, help="global prompts per step (paper 256, toy 64)")
     a("--group_size", type=int, default=8, help="G responses per prompt")
@@ -100,6 +90,8 @@ def parse_args(argv=None):
     a("--lam0", type=float, default=0.5, help="initial teacher-weight mix")
     a("--lam_decay_steps", type=int, default=50)
     a("--teacher_sync", type=int, default=10, help="copy policy -> teacher every N steps")
+    a("--jsd_beta", type=float, default=0.5, help="OPSD: beta of the generalized JSD, in (0, 1)")
+    a("--distill_coef", type=float, default=1.0, help="grpo+opsd: weight of the OPSD loss")
     a("--clip_low", type=float, default=0.2)
     a("--clip_high", type=float, default=0.28)
     a("--micro_batch", type=int, default=None, help="rows per forward/backward")
@@ -109,6 +101,8 @@ def parse_args(argv=None):
     a("--eval_every", type=int, default=50, help="held-out accuracy every N steps (0 = start/end only)")
     a("--eval_size", type=int, default=None)
     a("--save_every", type=int, default=None, help="checkpoint every N steps, 0 = only at the end (paper preset 50)")
+    a("--dump_credit", type=int, default=0, metavar="N",
+      help="write Delta_t and w_t of the first N responses of each step (while the teacher runs) to OUT/credit.jsonl")
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
     a("--warmup_steps", type=int, default=600, help="format cold start of the built-in model (toy only)")
     a("--seed", type=int, default=0)
@@ -383,23 +377,21 @@ def row_images(proc, rows, device):
 def rollout(model, proc, refs, images, args, eos, device, temperature, generator):
     """Sample one response per entry of refs (a row repeated G times: a group stays consecutive);
     images[i] holds the image inputs of refs[i]. Returns responses [N, T], mask [N, T], decoded texts
-    and the rows per generate call it used."""
+    the rows per generate call it used, and the sampler's token log-probs [N, T]."""
     tok = tokenizer_of(proc)
     pad = tok.pad_token_id
     prompts = [r["student_ids"] for r in refs]
     step = gen_batch_size(model, prompts, args, device)
-    resps, masks = [], []
+    outs = []
     for i in range(0, len(prompts), step):
         ids, mask = left_pad(prompts[i:i + step], pad)
-        r, m, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos, pad,
-                           temperature, args.top_p, generator, **cat_images(images[i:i + step]))
-        resps.append(r)
-        masks.append(m)
-    T = max(r.shape[1] for r in resps)
-    resp = torch.cat([torch.nn.functional.pad(r, (0, T - r.shape[1]), value=pad) for r in resps])
-    mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1])) for m in masks])
+        outs.append(generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos, pad,
+                             temperature, args.top_p, generator, **cat_images(images[i:i + step])))
+    T = max(o[0].shape[1] for o in outs)
+    resp, mask, logp = (torch.cat([torch.nn.functional.pad(o[k], (0, T - o[k].shape[1]), value=pad if k == 0 else 0)
+                                   for o in outs]) for k in range(3))
     texts = tok.batch_decode([r[m.bool()] for r, m in zip(resp, mask)], skip_special_tokens=True)
-    return resp, mask, texts, step
+    return resp, mask, texts, step, logp
 
 
 @torch.no_grad()
@@ -420,45 +412,72 @@ def evaluate(model, proc, rows, args, eos, device, rank, world):
     model.eval()
     with gathered(model):  # collective: every rank enters, even one with no rows
         if mine:
-            _, _, texts, _ = rollout(model, proc, mine, row_images(proc, mine, device), args, eos, device, 0.0, None)
+            _, _, texts, _, _ = rollout(model, proc, mine, row_images(proc, mine, device), args, eos, device, 0.0, None)
             correct = sum(reward(t, r["answer"], r.get("options")) for t, r in zip(texts, mine))
     c, n = all_reduce_sum([correct, len(mine)], device)
     return c / max(n, 1)
 
 
+def dump_credit(path, step, tok, refs, resp, resp_mask, rewards, adv, delta, n):
+    """Append the per-token Delta_t and w_t = exp(sign(A) Delta_t) of the first n responses to path."""
+    with open(path, "a", encoding="utf-8") as f:
+        for i in range(min(n, len(refs))):
+            m = resp_mask[i].bool()
+            d = delta[i][m]
+            f.write(json.dumps({"step": step, "question": refs[i]["question"], "answer": refs[i]["answer"],
+                                "reward": rewards[i].item(), "advantage": adv[i].item(),
+                                "tokens": [tok.decode([t]) for t in resp[i][m].tolist()], "delta": d.tolist(),
+                                "weight": torch.exp(torch.sign(adv[i]) * d).tolist()}, ensure_ascii=False) + "\n")
+
+
 # ----------------------------------------------------------------------------- the update
-def train_step(model, opt, batch, lam, args, world):
+def train_step(model, opt, batch, lam, args, world, teacher=None):
     """Steps 5-9 on this rank's share of the step's batch, then one optimizer step.
 
     batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], adv [N], logp_teacher [N, T] (None
-    for GRPO or once lam = 0: every token then carries A_i, exactly) and images (N per-row image inputs). There is one update per
-    rollout, so pi_old is the policy of this very forward: logp_old = logp.detach() (rho = 1) and no
-    separate old-policy pass is needed. Each micro-batch's loss is its summed token loss / the global
-    token count, so adding the micro-batches of all ranks gives the global token mean; FSDP averages
-    gradients over ranks, so the loss is multiplied by world to turn that average back into the sum.
-    Returns token-weighted diagnostics over all ranks."""
+    for GRPO or once lam = 0: every token then carries A_i, exactly), images (N per-row image inputs),
+    and for OPSD teacher_ids/teacher_mask [N, P'] (the `teacher`'s prompt, scored here chunk by chunk).
+    There is one update per rollout, so pi_old is the policy of this very forward: logp_old =
+    logp.detach() (rho = 1) and no separate old-policy pass is needed. Each micro-batch's loss is its
+    summed token loss / the global token count, so adding the micro-batches of all ranks gives the
+    global token mean; FSDP averages gradients over ranks, so the loss is multiplied by world to turn
+    that average back into the sum. Returns token-weighted diagnostics over all ranks."""
     dev = batch["resp"].device
     num_tokens = max(all_reduce_sum([batch["resp_mask"].sum().item()], dev)[0], 1.0)
+    distill = args.algo in ("opsd", "grpo+opsd")
     model.train()
     opt.zero_grad(set_to_none=True)
-    sums = [0.0] * 9  # loss, clip*n, entropy*n, delta*n, w*n, low*nw, high*nw, n, nw
-    for i in range(0, batch["resp"].shape[0], args.micro_batch):
-        mb = {k: v[i:i + args.micro_batch] if v is not None else None for k, v in batch.items()}
-        mb["images"] = mb.get("images") or []
-        mask = mb["resp_mask"]
-        logp, entropy = response_logprobs(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask,
-                                          args.temperature, with_entropy=True, **cat_images(mb["images"]))
-        logp_old = logp.detach()
-        if mb["logp_teacher"] is not None and lam > 0:
-            token_adv, w = rlsd_token_advantages(mb["adv"], mb["logp_teacher"], logp_old, mask, lam, args.eps_w)
-        else:  # GRPO: every token carries A_i
-            token_adv, w = mb["adv"][:, None] * mask, {}
-        loss, st = policy_loss(logp, logp_old, token_adv, mask, args.clip_low, args.clip_high, num_tokens=num_tokens)
-        (loss * world).backward()
-        n, nw = mask.sum().item(), (mask * (mb["adv"] != 0)[:, None]).sum().item()
-        sums = [s + x for s, x in zip(sums, [
-            loss.item(), st["ratio_clip_frac"] * n, (entropy * mask).sum().item(), w.get("delta_mean", 0.0) * n,
-            w.get("w_mean", 0.0) * n, w.get("w_clip_low_frac", 0.0) * nw, w.get("w_clip_high_frac", 0.0) * nw, n, nw])]
+    sums = [0.0] * 10  # loss, clip*n, entropy*n, delta*n, w*n, low*nw, high*nw, jsd*n, n, nw
+    with gathered(teacher) if distill else contextlib.nullcontext():
+        for i in range(0, batch["resp"].shape[0], args.micro_batch):
+            mb = {k: v[i:i + args.micro_batch] if v is not None else None for k, v in batch.items()}
+            mask, images = mb["resp_mask"], cat_images(mb["images"] or [])
+            hidden = response_hidden(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask, **images)
+            teacher_hidden = ()  # OPSD: the teacher's states for the same response tokens, no gradient
+            if distill:
+                with torch.no_grad():
+                    teacher_hidden = (response_hidden(teacher, mb["teacher_ids"], mb["teacher_mask"], mb["resp"],
+                                                      mask, **images),)
+            score = partial(token_scores, weight=model.get_output_embeddings().weight, temperature=args.temperature,
+                            teacher_weight=teacher.get_output_embeddings().weight if distill else None,
+                            beta=args.jsd_beta)
+            logp, entropy, jsd = (unflatten(x, mask) for x in in_chunks(score, hidden, mb["resp"][mask.bool()],
+                                                                         *teacher_hidden))  # [n, T] each
+            logp_old = logp.detach()
+            if mb["logp_teacher"] is not None and lam > 0:
+                token_adv, w = rlsd_token_advantages(mb["adv"], mb["logp_teacher"], logp_old, mask, lam, args.eps_w)
+            else:  # GRPO: every token carries A_i
+                token_adv, w = mb["adv"][:, None] * mask, {}
+            loss, st = policy_loss(logp, logp_old, token_adv, mask, args.clip_low, args.clip_high, num_tokens=num_tokens)
+            if distill:  # OPSD: token mean of the divergence (+ the GRPO loss for grpo+opsd)
+                jsd_loss = (jsd * mask).sum() / num_tokens
+                loss = jsd_loss if args.algo == "opsd" else loss + args.distill_coef * jsd_loss
+            (loss * world).backward()
+            n, nw = mask.sum().item(), (mask * (mb["adv"] != 0)[:, None]).sum().item()
+            sums = [s + x for s, x in zip(sums, [
+                loss.item(), st["ratio_clip_frac"] * n, (entropy * mask).sum().item(), w.get("delta_mean", 0.0) * n,
+                w.get("w_mean", 0.0) * n, w.get("w_clip_low_frac", 0.0) * nw, w.get("w_clip_high_frac", 0.0) * nw,
+                (jsd * mask).sum().item(), n, nw])]
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     grad_norm = grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item()
     s = all_reduce_sum(sums, dev)
@@ -466,12 +485,14 @@ def train_step(model, opt, batch, lam, args, world):
     if ok:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    n, nw = max(s[7], 1.0), max(s[8], 1.0)
+    n, nw = max(s[8], 1.0), max(s[9], 1.0)
     stats = {"loss": s[0], "ppo/clip_frac": s[1] / n, "policy/entropy": s[2] / n, "grad_norm": grad_norm,
              "skipped": int(not ok)}
     if batch["logp_teacher"] is not None and lam > 0:
         stats.update({"rlsd/delta_mean": s[3] / n, "rlsd/weight_mean": s[4] / n,
                       "rlsd/clip_low": s[5] / nw, "rlsd/clip_high": s[6] / nw})
+    if distill:
+        stats["opsd/jsd"] = s[7] / n
     return stats
 
 
@@ -494,6 +515,7 @@ def save_checkpoint(model, proc, path, arch, dtype, rank):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
+        write_video_config(proc, tmp)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -561,7 +583,7 @@ def main(argv=None):
     make = lambda: model_class(config).from_config(config, trust_remote_code=args.trust_remote_code)
     model = build_sharded(make, full_state, device, torch.float32, cuda, bool(args.gradient_checkpointing))
     teacher = None
-    if args.algo == "rlsd":  # frozen copy, refreshed every --teacher_sync steps; bf16 on GPU
+    if args.algo != "grpo":  # a copy (rlsd: refreshed every --teacher_sync steps; opsd: frozen); bf16 on GPU
         teacher = build_sharded(make, full_state, device, torch.bfloat16 if cuda else torch.float32, False)
         teacher.eval().requires_grad_(False)
     del full_state
@@ -607,8 +629,8 @@ def main(argv=None):
         images = [per_row[k // G] for k in range(len(refs))]
         model.eval()
         with gathered(model):
-            resp, resp_mask, texts, gen_batch = rollout(model, proc, refs, images, args, eos, device,
-                                                        args.temperature, gen)
+            resp, resp_mask, texts, gen_batch, logp_sampled = rollout(model, proc, refs, images, args, eos, device,
+                                                                      args.temperature, gen)
         t_rollout = time.time()
 
         # ---- 2-3. binary rewards, group advantages
@@ -617,19 +639,20 @@ def main(argv=None):
         adv = group_advantages(rewards, G)  # [N]
 
         # ---- 4. teacher pass: teacher prompt + the same response tokens (skipped once lam = 0)
-        lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if teacher is not None else 0.0
-        logp_teacher = None
-        if lam > 0:
-            t_ids, t_mask = left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id)
-            logp_teacher = teacher_logprobs(teacher, t_ids.to(device), t_mask.to(device), resp, resp_mask, images, args)
+        lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if args.algo == "rlsd" else 0.0
+        t_ids, t_mask = (t.to(device) for t in left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id))
+        logp_teacher = teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, images, args) if lam > 0 else None
+        if args.dump_credit and logp_teacher is not None and rank == 0:
+            dump_credit(os.path.join(args.out, "credit.jsonl"), step, tok, refs, resp, resp_mask, rewards, adv,
+                        logp_teacher - logp_sampled, args.dump_credit)
         t_teacher = time.time()
 
         # ---- 5-9. token advantages and the policy update
         s_ids, s_mask = left_pad([r["student_ids"] for r in refs], tok.pad_token_id)
         batch = dict(prompt_ids=s_ids.to(device), prompt_mask=s_mask.to(device), resp=resp, resp_mask=resp_mask,
-                     adv=adv, logp_teacher=logp_teacher, images=images)
-        st = train_step(model, opt, batch, lam, args, world)
-        if teacher is not None and step % args.teacher_sync == 0:  # teacher <- policy (same shards)
+                     adv=adv, logp_teacher=logp_teacher, images=images, teacher_ids=t_ids, teacher_mask=t_mask)
+        st = train_step(model, opt, batch, lam, args, world, teacher)
+        if args.algo == "rlsd" and step % args.teacher_sync == 0:  # teacher <- policy (same shards)
             with torch.no_grad():
                 for pt, ps in zip(teacher.parameters(), model.parameters()):
                     pt.copy_(ps)
@@ -638,10 +661,11 @@ def main(argv=None):
         # ---- logging: means over all ranks
         truncated = ~(torch.isin(resp, torch.tensor(sorted(eos), device=device)) & resp_mask.bool()).any(1)
         sums = all_reduce_sum([rewards.sum().item(), len(texts), resp_mask.sum().item(), truncated.sum().item(),
-                               sum(LEAK_MARKER in t.lower() for t in texts)], device)
+                               sum(map(leaked, texts))], device)
         n_rows, dt = sums[1], time.time() - t0
         rec = {"step": step, "train/reward": sums[0] / n_rows, "train/response_len": sums[2] / n_rows,
-               "train/truncated": sums[3] / n_rows, "rlsd/lam": lam, **st, "leak/rate": sums[4] / n_rows,
+               "train/truncated": sums[3] / n_rows,
+               **({"rlsd/lam": lam} if args.algo == "rlsd" else {}), **st, "leak/rate": sums[4] / n_rows,
                "rollout/gen_batch": gen_batch, "time/step_s": dt, "time/rollout_s": t_rollout - t0,
                "time/teacher_s": t_teacher - t_rollout, "time/update_s": t_update - t_teacher,
                "time/tokens_per_s": sums[2] / dt}
