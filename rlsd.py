@@ -3,7 +3,7 @@
 The steps, in the paper's order (numbers as in DESIGN.md):
   3. group_advantages       A_i   = (r_i - mean(r)) / (std(r) + eps)        per group of G
   -  token_logprobs         log p(y_t) from logits, at the sampling temperature
-  7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)
+  7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)   (decay_steps = 0: constant)
   5-8. rlsd_token_advantages Â_t  = A_i * ((1 - lam) + lam * clip(exp(sign(A_i) * Delta_t), 1 - eps_w, 1 + eps_w))
   9. policy_loss            PPO clipped surrogate, token mean over the global batch
   -  generalized_jsd        the OPSD baseline's per-token divergence (teacher vs student distributions)
@@ -44,10 +44,10 @@ def token_logprobs(logits, tokens, temperature=1.0):
 def lam_schedule(step, lam0=0.5, decay_steps=50):
     """lam(step) = lam0 * max(0, 1 - step / decay_steps): linear from lam0 at step 0 to 0 at decay_steps.
 
-    After the decay RLSD is plain GRPO. decay_steps <= 0 means lam = 0 from the start.
+    After the decay RLSD is plain GRPO. decay_steps = 0 means no decay: lam = lam0 throughout.
     """
     if decay_steps <= 0:
-        return 0.0
+        return lam0
     return lam0 * max(0.0, 1.0 - step / decay_steps)
 
 

@@ -66,6 +66,7 @@ def test_lam_schedule():
     assert rlsd.lam_schedule(25) == pytest.approx(0.25)
     assert rlsd.lam_schedule(50) == 0.0 and rlsd.lam_schedule(80) == 0.0
     assert rlsd.lam_schedule(5, lam0=1.0, decay_steps=10) == pytest.approx(0.5)
+    assert rlsd.lam_schedule(1000, lam0=0.3, decay_steps=0) == 0.3  # 0: no decay, as the official code reads it
 
 
 def test_rlsd_token_advantages_matches_python():
@@ -941,10 +942,19 @@ def test_verify_cli_jsonl_bom_and_bad_bytes(tmp_path):
 
 # ----------------------------------------------------------------------------- train.py: data and errors
 def run_main_expect_error(argv, capsys, monkeypatch, world=1):
+    import signal as _signal
+    import tempfile
     monkeypatch.setenv("WORLD_SIZE", str(world))
     monkeypatch.delenv("RANK", raising=False)
-    with pytest.raises(SystemExit):
-        train.main(argv)
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    monkeypatch.chdir(tempfile.mkdtemp())  # the default --out lands there
+    handlers = {s: _signal.getsignal(s) for s in (_signal.SIGINT, _signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit):
+            train.main(argv)
+    finally:
+        for s, h in handlers.items():  # main() installs its stop handlers
+            _signal.signal(s, h)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     return err
@@ -1219,6 +1229,138 @@ def test_end_to_end_tiny_vl_two_processes_mixed_image_and_text_rows(tmp_path):
                           str(data / "bars.png"), "--n", "2", "--max_new_tokens", "6"],
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- runs that survive
+RUN = ["--prompts_per_step", "4", "--group_size", "2", "--eval_size", "4", "--warmup_steps", "30"]
+NOT_TIMED = lambda rec: {k: v for k, v in rec.items() if not k.startswith("time/")}
+
+
+def read_metrics(out):
+    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run_on_two_processes(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py"] + RUN
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    for cmd in ([*torchrun, "--steps", "4", "--out", str(whole)],
+                [*torchrun, "--steps", "2", "--save_every", "2", "--out", str(part)],
+                [*torchrun[:5], "--resume", "--steps", "4", "--out", str(part)]):  # settings come from the checkpoint
+        res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    a, b = read_metrics(whole), read_metrics(part)
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    assert [NOT_TIMED(r) for r in a[3:]] == [NOT_TIMED(r) for r in b[3:]]  # steps 3 and 4, exactly
+    assert json.loads((part / "args.json").read_text())["steps"] == 4
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_and_resume_uses_it(tmp_path):
+    out = tmp_path / "run"
+    crash = ("import sys, train; real = train.dcp.save\n"
+             "def save(state, checkpoint_id):\n"
+             "    if 'checkpoint-4' in checkpoint_id: raise OSError('disk full (simulated)')\n"
+             "    real(state, checkpoint_id=checkpoint_id)\n"
+             "train.dcp.save = save; train.main(sys.argv[1:])\n")
+    args = RUN + ["--steps", "6", "--save_every", "2", "--out", str(out)]
+    res = subprocess.run([sys.executable, "-c", crash, *args], cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0 and "disk full" in res.stderr
+    assert (out / "checkpoint-2" / "trainer" / "state.json").exists() and not (out / "checkpoint-4").exists()
+    assert (out / "checkpoint-4.tmp").exists()  # the half-written one keeps its temporary name
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(str(out / "checkpoint-2"))  # the earlier one loads
+    res = subprocess.run([sys.executable, "train.py", "--resume", "--out", str(out)], cwd=HERE, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3, 4, 5, 6] and (out / "checkpoint-6").exists()
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_sigterm_stops_after_the_step_with_a_resumable_checkpoint_and_one_line(tmp_path, launcher):
+    import signal as _signal
+    import time as _time
+    out = tmp_path / "run"
+    cmd = ([sys.executable, "train.py"] if launcher == "python" else
+           [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py"])
+    proc = subprocess.Popen([*cmd, *RUN, "--steps", "500", "--out", str(out)], cwd=HERE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = _time.time() + 300
+    while _time.time() < deadline and not ((out / "metrics.jsonl").exists() and
+                                           len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
+        _time.sleep(0.5)
+    if launcher == "python":
+        proc.send_signal(_signal.SIGTERM)
+    else:  # the workers, as a cluster scheduler signals them
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in children:
+            os.kill(int(pid), _signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == (130 if launcher == "python" else 0), err[-3000:]
+    lines = [l for l in err.splitlines() if "stopped after step" in l]
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err
+    step = int(lines[0].split("stopped after step ")[1].split(":")[0])
+    assert (out / f"checkpoint-{step}" / "trainer" / "state.json").exists()
+    assert read_metrics(out)[-1]["step"] == step
+
+
+def test_out_holding_another_run_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    err = run_main_expect_error(["--out", str(tmp_path)], capsys, monkeypatch)
+    assert "holds another run (metrics.jsonl)" in err and "--overwrite" in err
+    err = run_main_expect_error(["--out", str(tmp_path), "--resume"], capsys, monkeypatch)
+    assert "no complete checkpoint" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--teacher_sync", "-1"], "--teacher_sync must be in [0, inf)"),
+    (["--eps_w", "1"], "--eps_w must be in (0, 1)"),
+    (["--lam0", "1.5"], "--lam0 must be in [0, 1]"),
+    (["--top_p", "0"], "--top_p must be in (0, 1]"),
+    (["--jsd_beta", "1"], "--jsd_beta must be in (0, 1)"),
+    (["--lr", "0"], "--lr must be in (0, inf)"),
+    (["--micro_batch", "0"], "--micro_batch must be in [1, inf)"),
+    (["--resume", "--overwrite"], "give one"),
+    (["--model", "/no/such/dir"], "--model /no/such/dir: no such directory"),
+    (["--model", "./ckpt"], "no such directory"),
+    (["--init_from", "/no/such/dir"], "--init_from /no/such/dir: no such directory"),
+])
+def test_bad_flags_name_the_flag(argv, needle, capsys, monkeypatch, tmp_path):
+    err = run_main_expect_error(argv, capsys, monkeypatch)
+    assert needle in err, err
+
+
+def test_bad_paths_and_encodings_give_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in run_main_expect_error(["--out", str(tmp_path / "file")], capsys, monkeypatch)
+    assert "not writable" in run_main_expect_error(["--out", str(tmp_path / "file" / "sub")], capsys, monkeypatch)
+    (tmp_path / "d.jsonl").write_bytes(b'{"question": "q", "answer": "1"}\n{"question": "caf\xe9", "answer": "2"}\n')
+    err = run_main_expect_error(["--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert "d.jsonl:2: not UTF-8 text (byte 0xe9 at column 18)" in err
+    (tmp_path / "empty").mkdir()
+    err = run_main_expect_error(["--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys, monkeypatch)
+    assert "a directory without config.json" in err
+    res = subprocess.run([sys.executable, "sample.py", str(tmp_path / "nope"), "q"], cwd=HERE, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "not a model directory" in res.stderr
+
+
+def test_under_torchrun_a_bad_flag_is_one_line_and_in_torchruns_summary(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py",
+                          "--group_size", "1", "--out", str(tmp_path / "o")], cwd=HERE, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0
+    assert res.stderr.count("error: --group_size must be >= 2") >= 2  # the worker's line, and torchrun's summary
+    assert "error_file: <N/A>" not in res.stderr and 'File "' + os.path.join(HERE, "train.py") not in res.stderr
+
+
+def test_data_without_model_trains_the_built_in_model(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                            for i in range(12)))
+    res = subprocess.run([sys.executable, "train.py", "--data", str(data), "--steps", "1", "--prompts_per_step", "2",
+                          "--group_size", "2", "--out", str(tmp_path / "o")], cwd=HERE, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "o")] == [0, 1]
 
 # ---- plot.py: curves and credit heatmaps
 

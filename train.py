@@ -11,11 +11,14 @@ import argparse
 import contextlib
 import copy
 import datetime
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -23,8 +26,10 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from tqdm import tqdm
@@ -86,10 +91,10 @@ def parse_args(argv=None):
     a("--lr", type=float, default=None, help="AdamW lr (paper 1e-6, toy 2e-4)")
     a("--weight_decay", type=float, default=0.01)
     a("--grad_clip", type=float, default=1.0)
-    a("--eps_w", type=float, default=0.2, help="evidence-weight clip")
-    a("--lam0", type=float, default=0.5, help="initial teacher-weight mix")
-    a("--lam_decay_steps", type=int, default=50)
-    a("--teacher_sync", type=int, default=10, help="copy policy -> teacher every N steps")
+    a("--eps_w", type=float, default=0.2, help="evidence-weight clip: w in [1 - eps_w, 1 + eps_w], 0 < eps_w < 1")
+    a("--lam0", type=float, default=0.5, help="initial teacher-weight mix, in [0, 1]")
+    a("--lam_decay_steps", type=int, default=50, help="lam goes linearly to 0 over N steps; 0 = constant lam0")
+    a("--teacher_sync", type=int, default=10, help="copy policy -> teacher every N steps; 0 = a frozen teacher")
     a("--jsd_beta", type=float, default=0.5, help="OPSD: beta of the generalized JSD, in (0, 1)")
     a("--distill_coef", type=float, default=1.0, help="grpo+opsd: weight of the OPSD loss")
     a("--clip_low", type=float, default=0.2)
@@ -100,7 +105,13 @@ def parse_args(argv=None):
     a("--gradient_checkpointing", type=int, default=None, help="1/0 (paper preset 1)")
     a("--eval_every", type=int, default=50, help="held-out accuracy every N steps (0 = start/end only)")
     a("--eval_size", type=int, default=None)
-    a("--save_every", type=int, default=None, help="checkpoint every N steps, 0 = only at the end (paper preset 50)")
+    a("--save_every", type=int, default=None,
+      help="resumable checkpoint every N steps; 0 = only the final model (paper preset 50)")
+    a("--keep_last", type=int, default=0, help="keep the K newest checkpoints; 0 = all")
+    a("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+      help="continue a stopped run: its latest complete checkpoint in --out, or the checkpoint PATH")
+    a("--overwrite", action="store_true", help="replace the run already in --out")
+    a("--init_from", default=None, metavar="DIR", help="start a new run (step 0) from the weights of a saved model dir")
     a("--dump_credit", type=int, default=0, metavar="N",
       help="write Delta_t and w_t of the first N responses of each step (while the teacher runs) to OUT/credit.jsonl")
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
@@ -114,6 +125,16 @@ def parse_args(argv=None):
     a("--timeout_min", type=float, default=60, help="process-group timeout: how long a rank waits for the others")
     a("--trust_remote_code", action="store_true")
     args = p.parse_args(argv)
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    explicit = set(vars(p.parse_args(argv)))  # the flags given on the command line
+    if args.resume and args.overwrite:
+        fail("--resume continues the run in --out, --overwrite replaces it: give one")
+    if args.resume:  # the stopped run's settings, with the flags given now on top
+        path = find_checkpoint(args.resume, args.out)
+        with open(os.path.join(path, "trainer", "state.json")) as f:
+            saved = json.load(f)["args"]
+        args = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in explicit}, "resume": path})
     for k, v in (PAPER if args.model not in (None, "tiny-vl") else TOY).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -122,9 +143,14 @@ def parse_args(argv=None):
 
 
 def fail(msg):
-    """One-line error, printed once (by rank 0), before any model is loaded."""
+    """One-line error, printed once (by rank 0), exit code 2. Under torchrun the same line goes to its
+    error file, so torchrun's failure summary shows it."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"error: {msg}", file=sys.stderr)
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+            json.dump({"message": {"message": f"error: {msg}", "extraInfo": {"py_callstack": f"error: {msg}",
+                                                                             "timestamp": str(int(time.time()))}}}, f)
     sys.exit(2)
 
 
@@ -134,6 +160,21 @@ def check_args(args, world):
              f" (image tasks: {', '.join(toy.VL_TASKS)}; text tasks: {', '.join(toy.TASKS)})")
     if args.group_size < 2:
         fail(f"--group_size must be >= 2 (the group advantage needs an unbiased std), got {args.group_size}")
+    ranges = {  # flag: (lowest, highest, are the bounds allowed)
+        "steps": (0, None, True), "prompts_per_step": (1, None, True), "temperature": (0, None, False),
+        "top_p": (0, 1, (False, True)), "max_prompt_len": (1, None, True), "max_new_tokens": (1, None, True),
+        "lr": (0, None, False), "weight_decay": (0, None, True), "grad_clip": (0, None, False),
+        "eps_w": (0, 1, False), "lam0": (0, 1, True), "lam_decay_steps": (0, None, True),
+        "teacher_sync": (0, None, True), "jsd_beta": (0, 1, False), "distill_coef": (0, None, True),
+        "clip_low": (0, 1, (True, False)), "clip_high": (0, None, True), "micro_batch": (1, None, True),
+        "eval_every": (0, None, True), "eval_size": (0, None, True), "save_every": (0, None, True),
+        "keep_last": (0, None, True), "dump_credit": (0, None, True), "max_bad_steps": (1, None, True),
+        "warmup_steps": (0, None, True), "timeout_min": (0, None, False), "max_pixels": (1, None, True)}
+    for k, (lo, hi, closed) in ranges.items():
+        v, (lo_ok, hi_ok) = getattr(args, k), closed if isinstance(closed, tuple) else (closed, closed)
+        if v is not None and ((v < lo if lo_ok else v <= lo) or (hi is not None and (v > hi if hi_ok else v >= hi))):
+            fail(f"--{k} must be in {'[' if lo_ok else '('}{lo}, {hi if hi is not None else 'inf'}"
+                 f"{']' if hi_ok and hi is not None else ')'}, got {v}")
     if args.prompts_per_step < world:
         fail(f"{world} processes but only {args.prompts_per_step} prompts per step: each process needs one")
     if args.prompts_per_step % world:
@@ -496,15 +537,21 @@ def train_step(model, opt, batch, lam, args, world, teacher=None):
     return stats
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model, proc, path, arch, dtype, rank):
-    """Hugging Face model dir (config.json + model.safetensors + tokenizer/processor), written to path.tmp and
-    renamed when complete. Every rank gathers; rank 0 writes."""
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+# ----------------------------------------------------------------------------- checkpoints, resuming, stopping
+def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
+    """A Hugging Face model dir (config.json + model.safetensors + tokenizer/processor) that
+    from_pretrained loads with no project code, and with `state` (teacher, opt, gen, info) what
+    --resume needs, in path/trainer: the sharded fp32 weights, optimizer state and teacher
+    (torch.distributed.checkpoint), every rank's RNG states, and info (step, data order, settings) in
+    state.json. Written to path.tmp and renamed when complete: an interrupted save leaves every
+    earlier checkpoint as it was. Every rank gathers and writes its shard; rank 0 writes the rest."""
+    tmp = path + ".tmp"
     if rank == 0:
-        tmp = path + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
+    dist.barrier()
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
         if getattr(model.config, "tie_word_embeddings", False):
             sd.pop("lm_head.weight", None)  # tied to the input embedding; from_pretrained re-ties it
         save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"),
@@ -516,17 +563,134 @@ def save_checkpoint(model, proc, path, arch, dtype, rank):
             model.generation_config.save_pretrained(tmp)
         proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
         write_video_config(proc, tmp)
-        if os.path.exists(path):
-            shutil.rmtree(path)
+    if state is not None:
+        sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, state["opt"])}
+        if state["teacher"] is not None:
+            sharded["teacher"] = get_model_state_dict(state["teacher"])
+        dcp.save(sharded, checkpoint_id=os.path.join(tmp, "trainer"))
+        save_file(rng_states(state["gen"]), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
+        if rank == 0:
+            with open(os.path.join(tmp, "trainer", "state.json"), "w") as f:
+                json.dump(state["info"], f)
+    dist.barrier()
+    if rank == 0:
+        if os.path.exists(path):  # (only "final" is ever rewritten)
+            os.replace(path, path + ".old")
+            shutil.rmtree(path + ".old")
         os.replace(tmp, path)
     dist.barrier()
 
 
+def rng_states(gen):
+    states = {"torch": torch.get_rng_state(), "sampler": gen.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def load_checkpoint(path, model, teacher, opt, gen, rank):
+    """Restore what save_checkpoint(..., state) wrote; returns its info."""
+    from safetensors.torch import load_file
+    sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    if teacher is not None:
+        sharded["teacher"] = get_model_state_dict(teacher)
+    dcp.load(sharded, checkpoint_id=os.path.join(path, "trainer"))
+    set_model_state_dict(model, sharded["model"])
+    set_optimizer_state_dict(model, opt, sharded["optim"])
+    if teacher is not None:
+        set_model_state_dict(teacher, sharded["teacher"])
+    rng = load_file(os.path.join(path, "trainer", f"rng-{rank}.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["sampler"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"])
+    with open(os.path.join(path, "trainer", "state.json")) as f:
+        return json.load(f)
+
+
+def find_checkpoint(resume, out):
+    """--resume: the latest complete checkpoint-N in out, or the given one."""
+    if resume == "latest":
+        steps = [int(n.split("-")[1]) for n in (os.listdir(out) if os.path.isdir(out) else [])
+                 if re.fullmatch(r"checkpoint-\d+", n) and os.path.isfile(os.path.join(out, n, "trainer", "state.json"))]
+        if not steps:
+            fail(f"--resume: no complete checkpoint in {out} (runs save them with --save_every N)")
+        return os.path.join(out, f"checkpoint-{max(steps)}")
+    if not os.path.isfile(os.path.join(resume, "trainer", "state.json")):
+        fail(f"--resume {resume}: not a complete checkpoint (no trainer/state.json)")
+    return resume
+
+
+def fingerprint(path):
+    """sha1 of a data file, to tell when --resume is given different data."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def prune(out, keep_last):
+    """Delete all but the keep_last newest checkpoint-N dirs (0 keeps all)."""
+    steps = sorted(int(n.split("-")[1]) for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n))
+    for s in steps[:-keep_last] if keep_last else []:
+        shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
+
+
+def check_out(args):
+    """--out is a writable directory and holds no other run unless --resume or --overwrite."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        fail(f"--out {args.out} is a file, not a directory")
+    earlier = sorted(n for n in (os.listdir(args.out) if os.path.isdir(args.out) else [])
+                     if n in ("metrics.jsonl", "args.json", "final") or n.startswith("checkpoint-"))
+    if earlier and not (args.resume or args.overwrite):
+        fail(f"--out {args.out} holds another run ({', '.join(earlier[:3])}{', ...' if len(earlier) > 3 else ''}): "
+             f"--resume continues it, --overwrite replaces it")
+    probe = os.path.join(args.out, f".write-test-{os.environ.get('RANK', '0')}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        fail(f"--out {args.out} is not writable ({e.strerror})")
+
+
+def check_model(name, flag):
+    """A model dir with a config.json, or a hub id (in the local cache when HF_HUB_OFFLINE is set)."""
+    if name in (None, "tiny-vl"):
+        return
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            fail(f"{flag} {name}: a directory without config.json (not a saved model)")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0]):
+        fail(f"{flag} {name}: no such directory")
+    from huggingface_hub import constants, try_to_load_from_cache
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        fail(f"{flag} {name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+
+
+STOP = {}  # when the first SIGINT/SIGTERM came
+
+
+def on_signal(signum, frame):
+    """First signal: stop after the step in progress (and save). torchrun relays a signal it gets to
+    its workers, so one within 3 s of the first is the same request; a later one exits at once."""
+    if "at" in STOP and time.time() - STOP["at"] > 3:
+        print(f"\n{signal.Signals(signum).name} again: exiting now, nothing saved", file=sys.stderr, flush=True)
+        os._exit(130)
+    STOP.setdefault("at", time.time())
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
+    signal.signal(signal.SIGINT, on_signal)  # a stop request is honoured between steps (see on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_args(args, world)
+    check_out(args)
+    check_model(args.model, "--model")
+    check_model(args.init_from, "--init_from")
     if args.data:  # every data error surfaces before a model is loaded
         train_rows = load_jsonl(args.data, args.allow_abs_paths)
         eval_rows = load_jsonl(args.eval_data, args.allow_abs_paths) if args.eval_data else []
@@ -536,6 +700,16 @@ def main(argv=None):
             train_rows, eval_rows = train_rows[n_eval:], train_rows[:n_eval]
     else:
         train_rows, eval_rows = toy.task_data(args.task, 20000, args.eval_size, args.seed)
+    data_id = {"model": args.model, "data": fingerprint(args.data), "eval_data": fingerprint(args.eval_data),
+               "world": world}
+    if args.resume:  # the same run, or a one-line error saying what differs
+        with open(os.path.join(args.resume, "trainer", "state.json")) as f:
+            saved = json.load(f)["id"]
+        for k in data_id:
+            if data_id[k] != saved[k]:
+                what = {"world": "processes", "model": "--model"}.get(k, f"--{k} (its content)")
+                fail(f"--resume: {what} differs from the stopped run's ({saved[k]} then, {data_id[k]} now)"
+                     if k in ("world", "model") else f"--resume: {what} differs from the stopped run's")
 
     # ---- tokenizer / processor and config (no weights yet)
     from transformers import AutoConfig
@@ -564,19 +738,33 @@ def main(argv=None):
         fail(f"{len(train_rows)} usable training prompts (<= {args.max_prompt_len} tokens), "
              f"fewer than --prompts_per_step {args.prompts_per_step}")
 
-    # ---- model: rank 0 loads the weights once; every rank builds a sharded skeleton and receives them
+    # ---- the run's settings, printed and kept in OUT/args.json
     rank, world, device = setup_distributed(args.timeout_min)
+    if rank == 0:
+        if args.overwrite:  # the earlier run's files go; nothing of it is mixed with this one
+            for n in os.listdir(args.out):
+                if n in ("metrics.jsonl", "args.json", "credit.jsonl", "final") or n.startswith("checkpoint-"):
+                    shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p := os.path.join(args.out, n)) else os.remove(p)
+        with open(os.path.join(args.out, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=1)
+        items = [f"{k}={v}" for k, v in vars(args).items() if v not in (None, False, {}) and k != "overwrite"]
+        print("settings: " + "  ".join(items))
+        if dropped or dropped_eval:
+            print(f"{dropped} training and {dropped_eval} held-out rows dropped: prompt longer than "
+                  f"--max_prompt_len {args.max_prompt_len} tokens")
+
+    # ---- model: rank 0 loads the weights once; every rank builds a sharded skeleton and receives them
     torch.manual_seed(args.seed)
     full_state = {}
     if rank == 0:  # the only full copy of the weights in host memory
-        if args.model == "tiny-vl" or not args.model:
+        if args.init_from or (args.model and args.model != "tiny-vl"):
+            source = model_class(config).from_pretrained(args.init_from or args.model, dtype=save_dtype,
+                                                         trust_remote_code=args.trust_remote_code)
+        else:
             source = toy.vl_model(proc) if vision else toy.text_model(proc)
-            if not args.data:  # the cold start knows the built-in tasks only
+            if not args.data and not args.resume:  # the cold start knows the built-in tasks only
                 toy.warmup(source, proc, train_rows, student_prompt, teacher_prompt,
                            {**toy.TASKS, **toy.VL_TASKS}[args.task][1], steps=args.warmup_steps)
-        else:
-            source = model_class(config).from_pretrained(args.model, dtype=save_dtype,
-                                                         trust_remote_code=args.trust_remote_code)
         full_state = source.state_dict()
         del source
     cuda = device.type == "cuda"
@@ -597,23 +785,39 @@ def main(argv=None):
                             weight_decay=args.weight_decay)
     torch.manual_seed(args.seed * 1000 + rank + 1)  # per-rank sampling
     gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + rank + 1)
-    if rank == 0 and (dropped or dropped_eval):
-        print(f"{dropped} training and {dropped_eval} held-out rows dropped: prompt longer than "
-              f"--max_prompt_len {args.max_prompt_len} tokens")
+    start, order, bad = 1, [], 0
+    if args.resume:  # weights, optimizer, teacher, RNG states, data order, step
+        info = load_checkpoint(args.resume, model, teacher, opt, gen, rank)
+        start, order, bad = info["step"] + 1, info["order"], info["bad"]
 
-    os.makedirs(args.out, exist_ok=True)
-    log = open(os.path.join(args.out, "metrics.jsonl"), "w") if rank == 0 else None
+    metrics = os.path.join(args.out, "metrics.jsonl")
+    if rank == 0 and args.resume:  # keep the history up to the checkpoint; what came after is redone
+        with open(metrics) as f:
+            kept = [l for l in f if json.loads(l)["step"] < start]
+        with open(metrics, "w") as f:
+            f.writelines(kept)
+    log = open(metrics, "a") if rank == 0 else None
 
     def write(rec):
         if log:
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
-    acc0 = evaluate(model, proc, eval_rows, args, eos, device, rank, world) if eval_rows else None
-    write({"step": 0, "eval/accuracy": acc0})
+    def checkpoint(step):
+        info = {"step": step, "order": order, "bad": bad, "args": vars(args), "id": data_id}
+        save_checkpoint(model, proc, os.path.join(args.out, f"checkpoint-{step}"), arch, save_dtype, rank,
+                        dict(teacher=teacher, opt=opt, gen=gen, info=info))
+        if rank == 0:
+            prune(args.out, args.keep_last)
+
+    acc0 = None
+    if not args.resume:
+        acc0 = evaluate(model, proc, eval_rows, args, eos, device, rank, world) if eval_rows else None
+        write({"step": 0, "eval/accuracy": acc0})
     per_rank, G = args.prompts_per_step // world, args.group_size
-    order, bad = [], 0
-    bar = tqdm(range(1, args.steps + 1), disable=rank != 0, desc=args.algo, dynamic_ncols=True)
+    bar = tqdm(range(start, args.steps + 1), disable=rank != 0, desc=args.algo, dynamic_ncols=True,
+               initial=start - 1, total=args.steps)
+    rec = {}
     for step in bar:
         t0 = time.time()
         if len(order) < args.prompts_per_step:  # same permutation on every rank
@@ -652,7 +856,7 @@ def main(argv=None):
         batch = dict(prompt_ids=s_ids.to(device), prompt_mask=s_mask.to(device), resp=resp, resp_mask=resp_mask,
                      adv=adv, logp_teacher=logp_teacher, images=images, teacher_ids=t_ids, teacher_mask=t_mask)
         st = train_step(model, opt, batch, lam, args, world, teacher)
-        if args.algo == "rlsd" and step % args.teacher_sync == 0:  # teacher <- policy (same shards)
+        if args.algo == "rlsd" and args.teacher_sync and step % args.teacher_sync == 0:  # teacher <- policy
             with torch.no_grad():
                 for pt, ps in zip(teacher.parameters(), model.parameters()):
                     pt.copy_(ps)
@@ -673,19 +877,27 @@ def main(argv=None):
         if st["skipped"] and rank == 0:
             tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")
         if bad >= args.max_bad_steps:
-            raise RuntimeError(f"{bad} non-finite steps in a row; lower --lr or check the data")
+            fail(f"{bad} non-finite steps in a row (--max_bad_steps): lower --lr or check the data")
         if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
             rec["eval/accuracy"] = evaluate(model, proc, eval_rows, args, eos, device, rank, world) if eval_rows else None
-        if args.save_every and step % args.save_every == 0 and step != args.steps:
-            save_checkpoint(model, proc, os.path.join(args.out, f"checkpoint-{step}"), arch, save_dtype, rank)
         write(rec)
         bar.set_postfix(reward=f"{rec['train/reward']:.3f}", s_step=f"{dt:.2f}",
                         **({"eval": f"{rec['eval/accuracy']:.3f}"} if rec.get("eval/accuracy") is not None else {}))
+        stop = all_reduce_sum([float("at" in STOP)], device)[0] > 0  # any rank signalled: all stop here
+        if stop or (args.save_every and step % args.save_every == 0):
+            checkpoint(step)
+        if stop:
+            bar.close()
+            if rank == 0:
+                cmd = "torchrun --nproc_per_node=%d train.py" % world if world > 1 else "python train.py"
+                print(f"stopped after step {step}: checkpoint in {os.path.join(args.out, f'checkpoint-{step}')}; "
+                      f"resume with: {cmd} --resume --out {args.out}", file=sys.stderr, flush=True)
+            dist.destroy_process_group()
+            sys.exit(0 if "TORCHELASTIC_RUN_ID" in os.environ else 130)  # (torchrun reports non-zero as a failure)
 
     save_checkpoint(model, proc, os.path.join(args.out, "final"), arch, save_dtype, rank)
     if rank == 0:
-        final = rec.get("eval/accuracy") if args.steps else acc0
-        print(f"eval/accuracy {acc0} -> {final}; checkpoint in {os.path.join(args.out, 'final')}")
+        print(f"eval/accuracy {acc0} -> {rec.get('eval/accuracy', acc0)}; model in {os.path.join(args.out, 'final')}")
     dist.destroy_process_group()
 
 
