@@ -76,9 +76,9 @@ def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_by
     per_block = (n_params(s) - s["vocab"] * h * (1 if s["tied"] else 2)) / s["layers"]
     root = s["vocab"] * h * (1 if s["tied"] else 2)
     kv_tok = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * compute_bytes  # K and V of one token
-    chunk = sample.CHUNK * s["vocab"] * 4 * 3
-    resident = P * master_bytes * 3 / gpus + (P * compute_bytes / gpus if teacher else 0)
     tokens = micro_batch * L
+    chunk = min(sample.CHUNK, tokens) * s["vocab"] * 4 * 3  # fp32 logits, log-softmax, grad of one chunk
+    resident = P * master_bytes * 3 / gpus + (P * compute_bytes / gpus if teacher else 0)
     block_act = tokens * (6 * h + 3 * s["inter"]) * compute_bytes  # one block's saved tensors, recomputed
     plan = {
         "resident": resident,
@@ -223,6 +223,9 @@ def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
     for name, (r, t, u) in times.items():
         print(f"   {name:14s} rollout {r:6.3f} s  teacher {t:6.3f} s  update {u:6.3f} s  = {r + t + u:6.3f} s/step  "
               f"({(r + t + u) / base:.2f}x grpo)")
+    if device.type == "cuda":  # forward + backward ~ 6 FLOPs per parameter per token
+        flops = 6 * sum(p.numel() for p in model.parameters()) * (s_mask.sum() + resp_mask.sum()).item()
+        print(f"   update MFU {flops / times['grpo'][2] / 989e12:.1%} of a bf16 peak of 989 TFLOP/s (H100/H200)")
 
 
 # ----------------------------------------------------------------------------- 3. memory
@@ -279,7 +282,7 @@ def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_b
                      images=None)
         train.train_step(model, opt, batch, 0.5, args, world)
         peaks["update"] = rss_peak_reset() - base
-    torch.save(peaks, f"{out}.{rank}")
+    torch.save(peaks, f"{out}.{rank}")  # (plain dict of ints)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -292,7 +295,10 @@ def measure_memory(world, rows=8, prompt_len=256, new_tokens=256, micro_batch=4,
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     torch.multiprocessing.spawn(_memory_worker, nprocs=world,
                                 args=(world, port, out, rows, prompt_len, new_tokens, micro_batch))
-    return [torch.load(f"{out}.{r}") for r in range(world)]
+    peaks = [torch.load(f"{out}.{r}") for r in range(world)]
+    for r in range(world):
+        os.remove(f"{out}.{r}")
+    return peaks
 
 
 def bench_memory(rows=8, prompt_len=256, new_tokens=256, micro_batch=4):

@@ -123,24 +123,26 @@ def vl_model(proc):
     return model
 
 
-def bars(rng):
-    """Four bars of different heights in a 128 x 32 picture; which one (1-4, left to right) is tallest?
-    Each bar fills one 32-pixel column, i.e. one image token."""
+COLORS = ["red", "green", "blue", "yellow"]
+
+
+def color(rng):
+    """A red, green, blue or yellow disc or square of random size and place in a 32 x 32 picture (one
+    image token): what colour is it?"""
     from PIL import Image, ImageDraw
-    heights = rng.sample(range(4, 31), 4)
-    image = Image.new("RGB", (128, 32), "white")
+    image = Image.new("RGB", (32, 32), "white")
+    c, size = rng.choice(COLORS), rng.randint(10, 24)
+    x, y = rng.randint(0, 31 - size), rng.randint(0, 31 - size)
     draw = ImageDraw.Draw(image)
-    for i, h in enumerate(heights):
-        draw.rectangle([32 * i + 8, 32 - h, 32 * i + 23, 31], fill="black")
-    return {"question": "Which bar is tallest (1-4, from the left)?", "answer": str(heights.index(max(heights)) + 1),
-            "images": [image], "key": tuple(heights)}
+    (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x, y, x + size, y + size], fill=c)
+    return {"question": "What color is the shape?", "answer": c, "images": [image], "key": (c, size, x, y)}
 
 
-def bars_hint(row, rng):
-    return str(rng.randint(1, 4))
+def color_hint(row, rng):
+    return rng.choice(COLORS)
 
 
-VL_TASKS = {"bars": (bars, bars_hint)}
+VL_TASKS = {"color": (color, color_hint)}
 
 
 # ----------------------------------------------------------------------------- the cold start

@@ -77,7 +77,7 @@ def parse_args(argv=None):
     a("--eval_data", default=None, help="held-out JSONL; default: hold out --eval_size rows of --data")
     a("--out", default="out", help="output dir: metrics.jsonl, checkpoints")
     a("--task", default=None, choices=sorted({**toy.TASKS, **toy.VL_TASKS}),
-      help="built-in task without --data (default: largest, with tiny-vl: bars)")
+      help="built-in task without --data (default: largest, with tiny-vl: color)")
     a("--algo", default="rlsd", choices=["rlsd", "grpo", "opsd", "grpo+opsd"],
       help="grpo: w = 1, no teacher; opsd: the distillation baseline (JSD to the frozen initial policy given the "
            "reference); grpo+opsd: GRPO loss + --distill_coef x the OPSD loss")
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     for k, v in (PAPER if args.model not in (None, "tiny-vl") else TOY).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    args.task = args.task or ("bars" if args.model == "tiny-vl" else "largest")
+    args.task = args.task or ("color" if args.model == "tiny-vl" else "largest")
     return args
 
 

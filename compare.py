@@ -1,0 +1,91 @@
+"""RLSD against its baselines on a built-in task: several seeds each, on CPU, one table and one picture.
+
+    python compare.py                          # --task largest --algos rlsd grpo opsd --seeds 0 1 2
+    python compare.py --task sort --steps 300
+
+Each run is `torchrun --nproc_per_node=2 train.py --algo A --seed S --task T` into OUT/A-sS (a finished
+run is not run again; a stopped one is resumed). Writes OUT/table.md: per algorithm, the final and the
+best held-out accuracy (mean +- std over seeds), the first evaluated step at which the seed-mean accuracy
+reaches GRPO's final one, the leak rate; and OUT/curves.png (seed means against step).
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import plot
+
+
+def run(algo, seed, args):
+    out = os.path.join(args.out, f"{algo}-s{seed}")
+    if os.path.isdir(os.path.join(out, "final")):
+        return out
+    resume = ["--resume"] if os.path.isdir(out) and any(n.startswith("checkpoint-") for n in os.listdir(out)) else []
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "train.py", "--algo", algo,
+           "--seed", str(seed), "--task", args.task, "--steps", str(args.steps), "--eval_every", str(args.eval_every),
+           "--save_every", "50", "--keep_last", "1", "--out", out, *(["--overwrite"] if os.path.isdir(out) and not resume
+                                                                     else []), *resume, *args.extra]
+    print(" ".join(cmd[2:]), flush=True)
+    res = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), stdout=subprocess.DEVNULL)
+    if res.returncode:
+        sys.exit(f"error: {algo} seed {seed} failed (exit {res.returncode}); see its output above")
+    return out
+
+
+def mean_curve(runs, key):
+    """{step: mean over runs} of a metric, at the steps every run has."""
+    per_step = {}
+    for recs in runs:
+        for r in recs:
+            if r.get(key) is not None:
+                per_step.setdefault(r["step"], []).append(r[key])
+    return {s: statistics.mean(v) for s, v in sorted(per_step.items()) if len(v) == len(runs)}
+
+
+def mean_std(values):
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="largest")
+    p.add_argument("--algos", nargs="+", default=["rlsd", "grpo", "opsd"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--eval_every", type=int, default=25)
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--out", default=None, help="default: compare-TASK")
+    p.add_argument("extra", nargs="*", help="more train.py flags, after --")
+    args = p.parse_args()
+    args.out = args.out or f"compare-{args.task}"
+    runs = {a: [plot.read_metrics(run(a, s, args)) for s in args.seeds] for a in args.algos}
+
+    target = None
+    if "grpo" in runs:  # GRPO's final accuracy, seed mean: how soon does each method get there?
+        target = statistics.mean(recs[-1]["eval/accuracy"] for recs in runs["grpo"])
+    rows = ["| algo | final eval/accuracy | best eval/accuracy | first step at GRPO's final (seed mean) | leak/rate |",
+            "| --- | --- | --- | --- | --- |"]
+    for algo, seeds in runs.items():
+        final = [recs[-1]["eval/accuracy"] for recs in seeds]
+        best = [max(r["eval/accuracy"] for r in recs if r.get("eval/accuracy") is not None) for recs in seeds]
+        curve = mean_curve(seeds, "eval/accuracy")
+        reach = next((s for s, v in curve.items() if target is not None and v >= target - 1e-9), None)
+        leak = statistics.mean(r["leak/rate"] for recs in seeds for r in recs if "leak/rate" in r)
+        rows.append(f"| {algo} | {mean_std(final)} | {mean_std(best)} | {reach if reach is not None else 'never'} "
+                    f"| {leak:.4f} |")
+    header = (f"{args.task}: {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}) x {args.steps} steps, "
+              f"{args.nproc} processes, held-out greedy accuracy every {args.eval_every} steps")
+    table = header + "\n\n" + "\n".join(rows) + "\n"
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    means = {a: [{"step": s, "eval/accuracy": v} for s, v in mean_curve(seeds, "eval/accuracy").items()] +
+                [{"step": s, "train/reward": v} for s, v in mean_curve(seeds, "train/reward").items()]
+             for a, seeds in runs.items()}
+    plot.draw_curves(means, ["eval/accuracy", "train/reward"], os.path.join(args.out, "curves.png"))
+    print(table + f"curves: {os.path.join(args.out, 'curves.png')}")
+
+
+if __name__ == "__main__":
+    main()
