@@ -4,7 +4,9 @@
     python compare.py --task sort --steps 300
 
 Each run is `torchrun --nproc_per_node=2 train.py --algo A --seed S --task T` into OUT/A-sS (a finished
-run is not run again; a stopped one is resumed). Writes OUT/table.md: per algorithm, the final and the
+run is not run again; a stopped one is resumed). The cold start of a seed is computed once, by a
+0-step run into OUT/cold-sS, and every algorithm starts from it with --init_from: the same weights as
+its own cold start would give (same seed, same rows), and the same sampling seeds after it. Writes OUT/table.md: per algorithm, the final and the
 best held-out accuracy (mean +- std over seeds), the first evaluated step at which the seed-mean accuracy
 reaches GRPO's final one, the leak rate; and OUT/curves.png (seed means against step).
 """
@@ -18,19 +20,26 @@ import sys
 import plot
 
 
+def torchrun(args, out, *flags):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "train.py", "--task",
+           args.task, "--out", out, *flags, *args.extra]
+    print(" ".join(cmd[2:]), flush=True)
+    res = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), stdout=subprocess.DEVNULL)
+    if res.returncode:
+        sys.exit(f"error: {out} failed (exit {res.returncode}); see its output above")
+
+
 def run(algo, seed, args):
     out = os.path.join(args.out, f"{algo}-s{seed}")
     if os.path.isdir(os.path.join(out, "final")):
         return out
+    cold = os.path.join(args.out, f"cold-s{seed}")
+    if not os.path.isdir(os.path.join(cold, "final")):
+        torchrun(args, cold, "--seed", str(seed), "--steps", "0", "--overwrite")
     resume = ["--resume"] if os.path.isdir(out) and any(n.startswith("checkpoint-") for n in os.listdir(out)) else []
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "train.py", "--algo", algo,
-           "--seed", str(seed), "--task", args.task, "--steps", str(args.steps), "--eval_every", str(args.eval_every),
-           "--save_every", "50", "--keep_last", "1", "--out", out, *(["--overwrite"] if os.path.isdir(out) and not resume
-                                                                     else []), *resume, *args.extra]
-    print(" ".join(cmd[2:]), flush=True)
-    res = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), stdout=subprocess.DEVNULL)
-    if res.returncode:
-        sys.exit(f"error: {algo} seed {seed} failed (exit {res.returncode}); see its output above")
+    torchrun(args, out, "--algo", algo, "--seed", str(seed), "--init_from", os.path.join(cold, "final"), "--steps",
+             str(args.steps), "--eval_every", str(args.eval_every), "--save_every", "50", "--keep_last", "1",
+             *(["--overwrite"] if os.path.isdir(out) and not resume else []), *resume)
     return out
 
 

@@ -1,8 +1,10 @@
 """Tests: python -m pytest -q test_rlsd.py   (CPU only, no network, a few minutes on 2 cores)."""
 import functools
+import itertools
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -1532,3 +1534,100 @@ def test_plot_cli(tmp_path):
                              cwd=HERE, capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and res.stdout == ""
         assert res.stderr.startswith("error:") and res.stderr.count("\n") == 1, res.stderr
+
+
+# ---- toy.py: the credit-assignment task
+
+
+def _pairs_of(question):
+    """'Larger of each pair: 7 9, 1 5, ...' -> [(7, 9), (1, 5), ...]"""
+    return [tuple(map(int, p.split())) for p in question.split(":")[1].strip().split(", ")]
+
+
+def test_pairs_rows_are_well_formed_and_only_the_whole_answer_scores():
+    rng = random.Random(0)
+    for _ in range(100):
+        row = toy.pairs(rng)
+        ps = _pairs_of(row["question"])
+        assert row["question"].startswith("Larger of each pair: ") and len(ps) == 4
+        assert all(len(p) == 2 and p[0] != p[1] and 1 <= min(p) and max(p) <= 9 for p in ps)
+        assert row["answer"] == "".join(str(max(p)) for p in ps) and "0" not in row["answer"]
+        assert verify.reward(f"<answer>{row['answer']}</answer>", row["answer"]) == 1
+        # every other pick of one digit per pair (right and wrong tokens mixed) scores 0
+        for pick in itertools.product(*ps):
+            guess = "".join(map(str, pick))
+            if guess != row["answer"]:
+                assert verify.reward(f"<answer>{guess}</answer>", row["answer"]) == 0, (guess, row)
+        for perm in set(itertools.permutations(row["answer"])) - {tuple(row["answer"])}:
+            assert verify.reward(f"<answer>{''.join(perm)}</answer>", row["answer"]) == 0
+        assert verify.reward(f"<answer>{row['answer'][:3]}</answer>", row["answer"]) == 0
+
+
+def test_pairs_tokenizer_gives_one_token_per_answer_digit():
+    tok = train.toy_tokenizer("pairs")
+    ids = tok("<answer>9597</answer>", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in ids] == ["<answer>", "9", "5", "9", "7", "</answer>"]
+    ids = tok(toy.pairs(random.Random(0))["question"], add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[:1]) == "Larger of each pair"  # the fixed phrase is one token, the digits bytes
+    assert len(ids) == 3 + 4 * 3 + 3 * 2  # phrase, ":", " ", then "7 9" x 4 joined by ", "
+
+
+def test_pairs_hint_has_the_answer_format_and_is_rarely_the_answer():
+    rng = random.Random(1)
+    rows = [toy.pairs(rng) for _ in range(400)]
+    whole = tokens = 0
+    for row in rows:
+        h = toy.pairs_hint(row, rng)
+        assert len(h) == 4 and all(int(d) in p for d, p in zip(h, _pairs_of(row["question"])))
+        whole += h == row["answer"]
+        tokens += sum(a == b for a, b in zip(h, row["answer"]))
+    assert 0 < whole < 0.15 * len(rows)  # 1 in 16: the cold start teaches no comparison
+    assert 0.4 < tokens / (4 * len(rows)) < 0.6  # a coin flip per token
+
+
+def test_held_out_questions_never_appear_in_training(monkeypatch):
+    train_rows, held = toy.task_data("pairs", 3000, 200, 0)
+    assert len(held) == 200 == len({r["question"] for r in held})
+    assert not {r["question"] for r in train_rows} & {r["question"] for r in held}
+    # also where the question space is small enough for collisions to be certain (36 questions)
+    small = lambda rng: {"question": f"Larger of each pair: {rng.randint(1, 3)} 4, {rng.randint(1, 3)} 5, 1 2, 1 2",
+                         "answer": "4522"}
+    monkeypatch.setitem(toy.TASKS, "small", (small, toy.pairs_hint))
+    train_rows, held = toy.task_data("small", 500, 5, 0)
+    assert len(held) == 5 and not {r["question"] for r in train_rows} & {r["question"] for r in held}
+    assert len({r["question"] for r in train_rows}) == 4  # 9 questions, 5 held out
+
+
+def test_pairs_cold_start_teaches_the_format_and_copying_not_the_task():
+    """A short cold start: from the student prompt, greedy output is a 4-digit answer (but not the
+    skill: accuracy stays near chance); from the teacher prompt it copies the given reference, here a
+    hint that is mostly not the answer, far more often than chance (1 in 16)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster than 2 threads on a busy 2-core machine
+    try:
+        torch.manual_seed(0)
+        tok = train.toy_tokenizer("pairs")
+        model = toy.text_model(tok)
+        rows, held = toy.task_data("pairs", 2000, 32, 0)
+        toy.warmup(model, tok, rows, train.student_prompt, train.teacher_prompt, toy.pairs_hint, steps=150, batch=16)
+        model.eval()
+        eos = tok.eos_token_id
+
+        def greedy(texts):
+            ids, mask = sample.left_pad([tok(sample.format_prompt(tok, t), add_special_tokens=False)["input_ids"]
+                                         for t in texts], eos)
+            with torch.no_grad():
+                resp, rmask, _ = sample.generate(model, ids, mask, 10, {eos}, eos, temperature=0)
+            ends = [bool((r[m.bool()] == eos).any()) for r, m in zip(resp, rmask)]
+            return tok.batch_decode([r[m.bool()] for r, m in zip(resp, rmask)], skip_special_tokens=True), ends
+
+        student, ends = greedy([train.student_prompt(r["question"]) for r in held])
+        assert all(ends) and all(re.fullmatch(r"<answer>[1-9]{4}</answer>", o) for o in student), student
+        assert statistics.mean(verify.reward(o, r["answer"]) for o, r in zip(student, held)) < 0.3
+        rng = random.Random(5)
+        refs = [toy.pairs_hint(r, rng) for r in held]
+        assert sum(h != r["answer"] for h, r in zip(refs, held)) >= 28
+        teacher, _ = greedy([train.teacher_prompt(r["question"], h) for r, h in zip(held, refs)])
+        assert statistics.mean(verify.extract_answer(o) == h for o, h in zip(teacher, refs)) >= 0.5, teacher
+    finally:
+        torch.set_num_threads(threads)

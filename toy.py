@@ -25,7 +25,27 @@ def largest_hint(row, rng):
     return rng.choice(row["question"].split(":")[1].strip(" ?").split(", "))
 
 
-TASKS = {"largest": (largest, largest_hint)}  # text tasks; VL_TASKS below take images
+def pairs(rng):
+    """The larger digit of each of four pairs: "Larger of each pair: 7 9, 1 5, 9 8, 7 5" -> "9597".
+
+    Credit assignment matters: the answer is four tokens, each decided on its own (token k is the larger
+    digit of pair k, whatever the other tokens are), and the reward is on the whole answer, so a wrong
+    answer such as "9587" has right and wrong tokens, which a teacher shown "9597" tells apart token
+    by token. Chance is 1 in 16 per answer; the same skill (compare two digits) serves every position;
+    4 pairs from 72 ordered pairs make 26.9M questions, too many to memorise. Digits 1-9 and distinct
+    within a pair: no answer has a leading zero (verify.py compares numbers, "0597" == "597"), the
+    larger digit is unique, and every other choice is a different number, so it scores 0."""
+    ps = [rng.sample(range(1, 10), 2) for _ in range(4)]
+    return {"question": "Larger of each pair: " + ", ".join(f"{a} {b}" for a, b in ps),
+            "answer": "".join(str(max(p)) for p in ps)}
+
+
+def pairs_hint(row, rng):
+    """A random digit of each pair: the answer's format, a guess right 1 time in 16."""
+    return "".join(rng.choice(p.split()) for p in row["question"].split(":")[1].strip().split(", "))
+
+
+TASKS = {"largest": (largest, largest_hint), "pairs": (pairs, pairs_hint)}  # text tasks; VL_TASKS below take images
 
 
 def task_data(task, n_train, n_eval, seed):
