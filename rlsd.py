@@ -1,6 +1,6 @@
 """RLSD (RLVR with Self-Distillation, arXiv 2604.03128) as pure tensor functions.
 
-The steps, in the paper's order (numbers as in DESIGN.md):
+The steps, in the paper's order:
   3. group_advantages       A_i   = (r_i - mean(r)) / (std(r) + eps)        per group of G
   -  token_logprobs         log p(y_t) from logits, at the sampling temperature
   7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)   (decay_steps = 0: constant)

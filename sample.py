@@ -7,7 +7,9 @@ drop the EOS token when pad == EOS).
 
 Extra model inputs (e.g. `pixel_values` of a vision-language model) go to the prefill only.
 
-CLI: python sample.py CHECKPOINT_DIR "prompt" [--n 4] [--temperature 1.0] [--max_new_tokens 256]
+CLI: python sample.py CHECKPOINT_DIR "question" [--image PATH] [--n 4] [--temperature 1.0]
+     python sample.py CHECKPOINT_DIR "question" --reference ANSWER --heatmap credit.html [--response TEXT]
+     python sample.py CHECKPOINT_DIR --eval FILE.jsonl [--n K] [--out results.jsonl]
 """
 import argparse
 import json

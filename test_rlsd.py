@@ -969,6 +969,8 @@ def run_main_expect_error(argv, capsys, monkeypatch, world=1):
     (['[1, 2]'], "bad.jsonl:1: expected a JSON object"),
     (['', '  '], "bad.jsonl: no examples"),
     (['{"question": "q", "answer": "A", "options": "A B"}'], "bad.jsonl:1: 'options' must be a list"),
+    (['{"problem": "p", "solution": "so \\\\boxed{1}"}', '{"problem": "q", "solution": "We add them up."}'],
+     "bad.jsonl:2: no final answer found in 'solution'"),
 ])
 def test_bad_data_names_file_and_line(tmp_path, capsys, monkeypatch, lines, needle):
     path = tmp_path / "bad.jsonl"
@@ -1134,6 +1136,17 @@ def test_non_finite_update_is_skipped(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
+def test_complete_runs_exit_cleanly_several_times(tmp_path):
+    """A finished 2-process run exits 0 with no abort at teardown (gloo worker threads used to drop
+    their last tensor while the interpreter finalized: "terminate called without an active exception")."""
+    for i in range(3):
+        res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "--steps",
+                              "1", "--warmup_steps", "0", "--prompts_per_step", "2", "--group_size", "2",
+                              "--max_new_tokens", "4", "--eval_size", "4", "--out", str(tmp_path / f"r{i}")],
+                             cwd=HERE, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and "terminate called" not in res.stderr, res.stderr[-2000:]
+
+
 def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "--steps", "4",

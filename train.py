@@ -3,9 +3,10 @@
     torchrun --nproc_per_node=2 train.py                     # built-in tiny model + toy task, CPU
     torchrun --nproc_per_node=8 train.py --model Qwen/Qwen3-8B --data train.jsonl   # paper preset
 
-Each step: sample G responses per prompt (sample.py), score them (verify.py), group advantages,
-teacher + old-policy log-probs under no_grad, RLSD token advantages, one clipped policy update
-(rlsd.py). Metrics go to <out>/metrics.jsonl, checkpoints are Hugging Face model directories.
+Each step: sample G responses per prompt (sample.py), score them (verify.py), group advantages, the
+teacher's log-probs under no_grad (while lam > 0), RLSD token advantages, one clipped policy update
+whose own forward gives pi_old (rlsd.py). Metrics go to <out>/metrics.jsonl; checkpoints are Hugging
+Face model directories plus, for --resume, the training state.
 """
 import argparse
 import contextlib
@@ -204,7 +205,8 @@ def load_jsonl(path, allow_abs_paths=False):
         if not isinstance(row, dict):
             fail(f"{path}:{n}: expected a JSON object")
         q = next((row[k] for k in ("question", "problem", "prompt") if k in row), None)
-        a = next((row[k] for k in ("answer", "solution") if k in row), None)
+        key = next((k for k in ("answer", "solution") if k in row), None)
+        a = row.get(key)
         if not isinstance(q, str) or not q.strip():
             fail(f"{path}:{n}: missing question (a non-empty 'question', 'problem' or 'prompt' field)")
         if not isinstance(a, (str, int, float)) or not str(a).strip():
@@ -219,6 +221,8 @@ def load_jsonl(path, allow_abs_paths=False):
         options = row.get("options", row.get("choices"))
         if options is not None and (not isinstance(options, list) or not all(isinstance(o, str) for o in options)):
             fail(f"{path}:{n}: 'options' must be a list of strings (the choices in order A, B, ...)")
+        if key == "solution" and extract_answer(str(a)) is None:
+            fail(f"{path}:{n}: no final answer found in 'solution' (end it with \\boxed{{...}} or give an 'answer')")
         rows.append({"question": q, "answer": extract_answer(str(a)) or str(a), "where": f"{path}:{n}",
                      "images": [c[0] for c in checked], "image_sizes": [c[1] for c in checked],
                      **({"options": options} if options else {})})
@@ -893,13 +897,24 @@ def main(argv=None):
                 print(f"stopped after step {step}: checkpoint in {os.path.join(args.out, f'checkpoint-{step}')}; "
                       f"resume with: {cmd} --resume --out {args.out}", file=sys.stderr, flush=True)
             dist.destroy_process_group()
-            sys.exit(0 if "TORCHELASTIC_RUN_ID" in os.environ else 130)  # (torchrun reports non-zero as a failure)
+            return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 130  # (torchrun reports non-zero as a failure)
 
     save_checkpoint(model, proc, os.path.join(args.out, "final"), arch, save_dtype, rank)
     if rank == 0:
         print(f"eval/accuracy {acc0} -> {rec.get('eval/accuracy', acc0)}; model in {os.path.join(args.out, 'final')}")
+    if log:
+        log.close()
     dist.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    code = main()
+    # Leave without finalizing the interpreter. The process group's gloo worker threads outlive
+    # destroy_process_group (the model's device mesh still references the group), and one that
+    # completes its last collective a moment late drops the last reference to a Python-made tensor
+    # during finalization: taking the GIL then kills that thread and the process aborts
+    # ("terminate called without an active exception") after a complete run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
