@@ -44,11 +44,12 @@ import toy
 from verify import extract_answer, reward
 
 # ----------------------------------------------------------------------------- arguments
-# Flags left at None take the paper's value with --model, the toy value without it.
-PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=4096,
-             micro_batch=4, gen_batch="auto", eval_size=256, gradient_checkpointing=True, save_every=50)
-TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16,
-           micro_batch=256, gen_batch="auto", eval_size=256, gradient_checkpointing=False, save_every=0)
+# Flags left at None take the paper's value with --model, the toy value without it (or with tiny-vl).
+PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=4096, micro_batch=4, gen_batch="auto",
+             eval_size=256, gradient_checkpointing=True, save_every=50, steps=300, warmup_steps=0)
+TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16, micro_batch=256, gen_batch="auto",
+           eval_size=256, gradient_checkpointing=False, save_every=0, steps=300, warmup_steps=600)
+TINY_VL = dict(TOY, lr=5e-4, prompts_per_step=32, eval_size=128, steps=150, warmup_steps=200)  # --model tiny-vl
 
 
 def gen_batch_arg(v):
@@ -82,7 +83,7 @@ def parse_args(argv=None):
     a("--algo", default="rlsd", choices=["rlsd", "grpo", "opsd", "grpo+opsd"],
       help="grpo: w = 1, no teacher; opsd: the distillation baseline (JSD to the frozen initial policy given the "
            "reference); grpo+opsd: GRPO loss + --distill_coef x the OPSD loss")
-    a("--steps", type=int, default=300)
+    a("--steps", type=int, default=None, help="optimizer steps, one rollout each (300; tiny-vl 150)")
     a("--prompts_per_step", type=int, default=None, help="global prompts per step (paper 256, toy 64)")
     a("--group_size", type=int, default=8, help="G responses per prompt")
     a("--temperature", type=float, default=1.0)
@@ -116,7 +117,8 @@ def parse_args(argv=None):
     a("--dump_credit", type=int, default=0, metavar="N",
       help="write Delta_t and w_t of the first N responses of each step (while the teacher runs) to OUT/credit.jsonl")
     a("--max_bad_steps", type=int, default=5, help="stop after this many non-finite steps in a row")
-    a("--warmup_steps", type=int, default=600, help="format cold start of the built-in model (toy only)")
+    a("--warmup_steps", type=int, default=None,
+      help="format cold start of the built-in model on a built-in task (600; tiny-vl 200)")
     a("--seed", type=int, default=0)
     a("--max_pixels", type=int, default=None, help="VLM: images larger than this many pixels are scaled down")
     a("--freeze_vision", action="store_true", help="VLM: train the language model only (default: the vision tower too)")
@@ -136,7 +138,7 @@ def parse_args(argv=None):
         with open(os.path.join(path, "trainer", "state.json")) as f:
             saved = json.load(f)["args"]
         args = argparse.Namespace(**{**saved, **{k: getattr(args, k) for k in explicit}, "resume": path})
-    for k, v in (PAPER if args.model not in (None, "tiny-vl") else TOY).items():
+    for k, v in {None: TOY, "tiny-vl": TINY_VL}.get(args.model, PAPER).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.task = args.task or ("color" if args.model == "tiny-vl" else "largest")
