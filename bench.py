@@ -106,7 +106,7 @@ def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch
     gen_batch = gen_batch or gen
     plan = memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch)
     P = n_params(s)
-    print(f"memory plan: {name} ({P / 1e9:.2f}B parameters) on {gpus} x {gpu_mem} GB, prompt {prompt_len} + response "
+    print(f"memory plan: {name} ({P / 1e9:.2f}B parameters) on {gpus} x {gpu_mem:g} GB, prompt {prompt_len} + response "
           f"{resp_len} tokens, micro-batch {micro_batch}, generate batch {gen_batch} (largest that fits: {gen})")
     kv = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * 2
     print(f"  fp32 weights + AdamW, sharded  {P * 12 / gpus / GiB:7.1f} GiB")
@@ -117,7 +117,7 @@ def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch
     print(f"  one logit chunk ({sample.CHUNK} tokens)   {sample.CHUNK * s['vocab'] * 12 / GiB:7.1f} GiB")
     for phase in ("rollout", "teacher", "update"):
         ok = "fits" if plan[phase] <= gpu_mem * 1e9 else "DOES NOT FIT"
-        print(f"  peak {phase:8s}                {plan[phase] / GiB:7.1f} GiB   {ok} in {gpu_mem} GB")
+        print(f"  peak {phase:8s}                {plan[phase] / GiB:7.1f} GiB   {ok} in {gpu_mem:g} GB")
     return plan, gen
 
 

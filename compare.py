@@ -1,14 +1,16 @@
 """RLSD against its baselines on a built-in task: several seeds each, on CPU, one table and one picture.
 
-    python compare.py                          # --task largest --algos rlsd grpo opsd --seeds 0 1 2
-    python compare.py --task sort --steps 300
+    python compare.py                      # --task pairs --algos rlsd grpo opsd --seeds 0 1 2 --steps 150
+    python compare.py --task largest --steps 300 --eval_every 25
+    python compare.py --seeds 0 -- --lam_decay_steps 0     # more train.py flags after --
 
 Each run is `torchrun --nproc_per_node=2 train.py --algo A --seed S --task T` into OUT/A-sS (a finished
-run is not run again; a stopped one is resumed). The cold start of a seed is computed once, by a
-0-step run into OUT/cold-sS, and every algorithm starts from it with --init_from: the same weights as
-its own cold start would give (same seed, same rows), and the same sampling seeds after it. Writes OUT/table.md: per algorithm, the final and the
-best held-out accuracy (mean +- std over seeds), the first evaluated step at which the seed-mean accuracy
-reaches GRPO's final one, the leak rate; and OUT/curves.png (seed means against step).
+run is not run again; a stopped one is resumed). The cold start of a seed is computed once, by a 0-step
+run into OUT/cold-sS, and every algorithm starts from it with --init_from: the same weights as its own
+cold start would give (same seed, same rows) and the same sampling seeds after it. Writes OUT/table.md:
+per algorithm, the final and the best held-out accuracy (mean +- std over seeds), the first evaluated
+step at which the seed-mean accuracy reaches GRPO's final one, the leak rate; and OUT/curves.png (seed
+means against step).
 """
 import argparse
 import json
@@ -59,11 +61,11 @@ def mean_std(values):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="largest")
+    p.add_argument("--task", default="pairs")
     p.add_argument("--algos", nargs="+", default=["rlsd", "grpo", "opsd"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--eval_every", type=int, default=25)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--eval_every", type=int, default=10)
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", default=None, help="default: compare-TASK")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")

@@ -1644,3 +1644,28 @@ def test_pairs_cold_start_teaches_the_format_and_copying_not_the_task():
         assert statistics.mean(verify.extract_answer(o) == h for o, h in zip(teacher, refs)) >= 0.5, teacher
     finally:
         torch.set_num_threads(threads)
+
+
+# ---- compare.py: the table over seeds
+def test_compare_table_from_runs(tmp_path, monkeypatch):
+    import compare
+    evals = {("grpo", 0): [0.1, 0.3, 0.5], ("grpo", 1): [0.1, 0.5, 0.7],  # GRPO's final, seed mean: 0.6
+             ("rlsd", 0): [0.1, 0.6, 0.6], ("rlsd", 1): [0.1, 0.7, 0.5]}  # seed mean 0.65 at step 10
+
+    def fake_run(algo, seed, args):
+        d = tmp_path / f"{algo}-s{seed}"
+        d.mkdir(exist_ok=True)
+        recs = [{"step": 0, "eval/accuracy": evals[algo, seed][0]}]
+        for step in range(1, 21):
+            recs.append({"step": step, "train/reward": 0.5, "leak/rate": 0.25 if algo == "rlsd" else 0.0,
+                         **({"eval/accuracy": evals[algo, seed][step // 10]} if step % 10 == 0 else {})})
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        return str(d)
+
+    monkeypatch.setattr(compare, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--algos", "rlsd", "grpo", "--seeds", "0", "1", "--out", str(tmp_path)])
+    compare.main()
+    table = (tmp_path / "table.md").read_text()
+    assert "| rlsd | 0.550 +- 0.071 | 0.650 +- 0.071 | 10 | 0.2500 |" in table, table
+    assert "| grpo | 0.600 +- 0.141 | 0.600 +- 0.141 | 20 | 0.0000 |" in table, table
+    assert Image.open(tmp_path / "curves.png").size[0] > 100
