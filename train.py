@@ -317,7 +317,7 @@ def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_c
         model = make_model().to(dtype)
     buffers = dict(model.named_buffers())  # real tensors, computed at construction
     if grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     shard(model, device, mixed_precision)
     model.to_empty(device=device)
     with torch.no_grad():
