@@ -912,11 +912,10 @@ def main(argv=None):
 
 if __name__ == "__main__":
     code = main()
-    # Leave without finalizing the interpreter. The process group's gloo worker threads outlive
-    # destroy_process_group (the model's device mesh still references the group), and one that
-    # completes its last collective a moment late drops the last reference to a Python-made tensor
-    # during finalization: taking the GIL then kills that thread and the process aborts
-    # ("terminate called without an active exception") after a complete run.
+    # Leave without finalizing the interpreter. A gloo worker thread (ProcessGroupGloo::runLoop) can
+    # outlive destroy_process_group and drop the last reference to a Python-made tensor while the
+    # interpreter finalizes: taking the GIL then ends that thread with pthread_exit, and the process
+    # aborts ("terminate called without an active exception") after a complete run. Rare, load-dependent.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
