@@ -230,14 +230,18 @@ def in_chunks(fn, *tensors, chunk=CHUNK):
     return [torch.cat(o) for o in zip(*outs)] if outs else None
 
 
-def token_scores(hidden, tokens, teacher_hidden=None, *, weight, temperature, teacher_weight=None, beta=0.5):
+def token_scores(hidden, tokens, teacher_hidden=None, *, weight, temperature, teacher_weight=None, beta=0.5,
+                 entropy=True):
     """For a chunk of positions (hidden [C, H], tokens [C]): log p(tokens), the entropy of the
-    next-token distribution and, given the teacher's hidden states, the OPSD divergence between the
-    teacher's and the student's distributions (else 0). Each [C]; the [C, V] logits live only here."""
+    next-token distribution (if asked, else 0) and, given the teacher's hidden states, the OPSD
+    divergence between the teacher's and the student's distributions (else 0). Each [C]; the [C, V]
+    logits live only here."""
     logits = hidden @ weight.t()  # [C, V]
     logp = token_logprobs(logits[None], tokens[None], temperature)[0]
     jsd = (generalized_jsd(logits, teacher_hidden @ teacher_weight.t(), beta, temperature)
            if teacher_hidden is not None else torch.zeros_like(logp))
+    if not entropy:  # (the teacher pass: a second vocabulary-wide pass saved)
+        return logp, torch.zeros_like(logp), jsd
     with torch.no_grad():
         z = torch.log_softmax(logits.to(logp.dtype) / temperature, -1)
         return logp, -(z.exp() * z).sum(-1), jsd
@@ -254,7 +258,8 @@ def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperatu
     """log p(resp_t | prompt, resp_<t) for every response column: [N, T] (and entropy [N, T]), 0 on
     padding. Only real response tokens are projected onto the vocabulary, `chunk` at a time."""
     hidden = response_hidden(model, prompt_ids, prompt_mask, resp, resp_mask, **model_inputs)  # [M, H]
-    score = partial(token_scores, weight=model.get_output_embeddings().weight, temperature=temperature)
+    score = partial(token_scores, weight=model.get_output_embeddings().weight, temperature=temperature,
+                    entropy=with_entropy)
     logp, ent, _ = (unflatten(x, resp_mask) for x in in_chunks(score, hidden, resp[resp_mask.bool()], chunk=chunk))
     return (logp, ent) if with_entropy else logp
 
