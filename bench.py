@@ -22,84 +22,10 @@ import time
 import torch
 
 import sample
-
-# ----------------------------------------------------------------------------- model shapes
-# The few numbers of each config that the plan needs (from the models' config.json files).
-PRESETS = {
-    "Qwen3-1.7B": dict(hidden=2048, layers=28, inter=6144, heads=16, kv_heads=8, head_dim=128, vocab=151936, tied=True),
-    "Qwen3-4B": dict(hidden=2560, layers=36, inter=9728, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=True),
-    "Qwen3-8B": dict(hidden=4096, layers=36, inter=12288, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=False),
-    # Qwen3-VL-8B-Instruct: the Qwen3-8B language model plus a 27-block, 1152-wide vision tower
-    "Qwen3-VL-8B": dict(hidden=4096, layers=36, inter=12288, heads=32, kv_heads=8, head_dim=128, vocab=151936,
-                        tied=False, vision=dict(hidden=1152, layers=27, inter=4304, out=4096, patch=16)),
-}
-
-
-def shape_of(config):
-    """The plan's numbers from a transformers config."""
-    c = config.get_text_config()
-    return dict(hidden=c.hidden_size, layers=c.num_hidden_layers, inter=c.intermediate_size,
-                heads=c.num_attention_heads, kv_heads=c.num_key_value_heads,
-                head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-                vocab=c.vocab_size, tied=bool(getattr(config, "tie_word_embeddings", False)))
-
-
-def n_params(s):
-    """Parameters of a Qwen-style decoder (+ vision tower): attention, gated MLP, norms, embeddings."""
-    h, kv = s["hidden"], s["kv_heads"] * s["head_dim"]
-    attn = h * s["heads"] * s["head_dim"] * 2 + h * kv * 2
-    layer = attn + 3 * h * s["inter"] + 2 * h + 2 * s["head_dim"]  # (+ Qwen3's q/k norms)
-    n = s["layers"] * layer + s["vocab"] * h * (1 if s["tied"] else 2) + h
-    if "vision" in s:
-        v = s["vision"]
-        n += v["layers"] * (4 * v["hidden"] ** 2 + 2 * v["hidden"] * v["inter"]) + 4 * v["hidden"] * 4 * v["out"]
-    return n
-
+from memory import GiB, PRESETS, kv_bytes_per_token, largest_gen_batch, memory_plan, n_params, shape_of
+from logprobs import CHUNK
 
 # ----------------------------------------------------------------------------- 4. the memory plan
-GiB = 2 ** 30
-
-
-def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_bytes=4, compute_bytes=2, teacher=True):
-    """Bytes per GPU at the peak of each phase of a step (FSDP2 over `gpus`, AdamW, fp32 master weights,
-    `compute_bytes` for gathered weights, activations and the KV cache).
-
-    resident : sharded fp32 weights + AdamW's two moments (+ the teacher's sharded weights)
-    rollout  : resident + all weights gathered + the KV cache of gen_batch rows x (prompt + response)
-               + fp32 logits/probabilities of one decode step
-    teacher  : resident + the teacher gathered + one micro-batch's no-grad forward + one logit chunk
-    update   : resident + sharded fp32 grads + gathered root weights (embeddings, head) and their grads
-               + two gathered blocks (one prefetched) + activations with checkpointing (each block's
-               input kept, one block recomputed) + one logit chunk (logits, log-softmax, grad)
-    """
-    P, h, L = n_params(s), s["hidden"], prompt_len + resp_len
-    per_block = (n_params(s) - s["vocab"] * h * (1 if s["tied"] else 2)) / s["layers"]
-    root = s["vocab"] * h * (1 if s["tied"] else 2)
-    kv_tok = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * compute_bytes  # K and V of one token
-    tokens = micro_batch * L
-    chunk = min(sample.CHUNK, tokens) * s["vocab"] * 4 * 3  # fp32 logits, log-softmax, grad of one chunk
-    resident = P * master_bytes * 3 / gpus + (P * compute_bytes / gpus if teacher else 0)
-    block_act = tokens * (6 * h + 3 * s["inter"]) * compute_bytes  # one block's saved tensors, recomputed
-    plan = {
-        "resident": resident,
-        "rollout": resident + P * compute_bytes + gen_batch * L * kv_tok + gen_batch * s["vocab"] * 4 * 3,
-        "teacher": resident + (P * compute_bytes + tokens * (2 * h + s["inter"]) * compute_bytes + chunk if teacher else 0),
-        "update": resident + P * master_bytes / gpus + 2 * root * compute_bytes + 2 * per_block * compute_bytes
-                  + tokens * h * compute_bytes * s["layers"] + block_act + chunk,
-    }
-    return plan
-
-
-def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, reserve=0.1):
-    """The most rows per generate call whose rollout phase fits in (1 - reserve) of the GPU."""
-    lo, hi = 0, 100000
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        fits = memory_plan(s, gpus, mid, prompt_len, resp_len, micro_batch)["rollout"] <= gpu_bytes * (1 - reserve)
-        lo, hi = (mid, hi) if fits else (lo, mid - 1)
-    return lo
-
-
 def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch=None):
     s = PRESETS[name]
     gen = largest_gen_batch(s, gpus, gpu_mem * 1e9, prompt_len, resp_len, micro_batch)
@@ -108,13 +34,13 @@ def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch
     P = n_params(s)
     print(f"memory plan: {name} ({P / 1e9:.2f}B parameters) on {gpus} x {gpu_mem:g} GB, prompt {prompt_len} + response "
           f"{resp_len} tokens, micro-batch {micro_batch}, generate batch {gen_batch} (largest that fits: {gen})")
-    kv = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * 2
+    kv = kv_bytes_per_token(s, 2)
     print(f"  fp32 weights + AdamW, sharded  {P * 12 / gpus / GiB:7.1f} GiB")
     print(f"  teacher (bf16, sharded)        {P * 2 / gpus / GiB:7.1f} GiB")
     print(f"  gathered weights (bf16)        {P * 2 / GiB:7.1f} GiB   (rollout and teacher pass)")
     print(f"  KV cache per token per row     {kv / 2 ** 10:7.1f} KiB; {gen_batch} rows x {prompt_len + resp_len} tokens = "
           f"{gen_batch * (prompt_len + resp_len) * kv / GiB:.1f} GiB")
-    print(f"  one logit chunk ({sample.CHUNK} tokens)   {sample.CHUNK * s['vocab'] * 12 / GiB:7.1f} GiB")
+    print(f"  one logit chunk ({CHUNK} tokens)   {CHUNK * s['vocab'] * 12 / GiB:7.1f} GiB")
     for phase in ("rollout", "teacher", "update"):
         ok = "fits" if plan[phase] <= gpu_mem * 1e9 else "DOES NOT FIT"
         print(f"  peak {phase:8s}                {plan[phase] / GiB:7.1f} GiB   {ok} in {gpu_mem:g} GB")
@@ -160,7 +86,7 @@ def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
               f"greedy outputs equal: {same}")
         if device.type == "cuda":
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
-            kv = sample.kv_bytes_per_token(model.config, 2) * rows * (ids.shape[1] + n / 2)
+            kv = kv_bytes_per_token(shape_of(model.config), 2) * rows * (ids.shape[1] + n / 2)
             bw = (weights + kv) * n / best["sample.py"]
             print(f"   decode bandwidth {bw / 1e9:.0f} GB/s = {bw / peak_bandwidth(device):.0%} of the device's peak")
 
@@ -178,21 +104,21 @@ def peak_bandwidth(device):
 
 # ----------------------------------------------------------------------------- 2. the training step
 def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
+    import data
+    import parallel
     import rlsd
     import toy
     import train
-    args = train.parse_args(["--prompts_per_step", str(prompts), "--group_size", str(G), "--max_new_tokens",
-                             str(new_tokens), "--micro_batch", str(prompts * G), "--gen_batch", "0"])
-    tok = train.toy_tokenizer()
+    tok = toy.text_tokenizer()
     torch.manual_seed(0)
     source = toy.text_model(tok).state_dict()
-    model = train.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False)
-    teacher = train.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False).eval()
+    model = parallel.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False)
+    teacher = parallel.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     rows, _ = toy.task_data("largest", prompts, 1, 0)
-    rows, _ = train.tokenize(rows, tok, 256, {})
+    rows, _ = data.tokenize(rows, tok, 256, {})
     refs = [r for r in rows for _ in range(G)]
-    pad = tok.pad_token_id
+    pad, N = tok.pad_token_id, len(refs)
     s_ids, s_mask = [t.to(device) for t in sample.left_pad([r["student_ids"] for r in refs], pad)]
     t_ids, t_mask = [t.to(device) for t in sample.left_pad([r["teacher_ids"] for r in refs], pad)]
     gen = torch.Generator(device=device).manual_seed(0)
@@ -202,19 +128,21 @@ def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
     for _ in range(reps):
         t0 = time.perf_counter()
         model.eval()
-        with train.gathered(model):
-            resp, resp_mask, texts, _, _ = train.rollout(model, tok, refs, [{}] * len(refs), args, set(), device, 1.0, gen)
+        with parallel.gathered(model):
+            roll = train.rollout(model, tok, refs, [{}] * N, max_new_tokens=new_tokens, temperature=1.0, top_p=1.0,
+                                 gen_batch=0, eos=set(), generator=gen)
+        resp, resp_mask = roll["resp"], roll["resp_mask"]
         sync(device)
         t_roll = time.perf_counter() - t0
-        adv = rlsd.group_advantages(torch.randn(len(refs), device=device).round(), G)
+        adv = rlsd.group_advantages(torch.randn(N, device=device).round(), G)
         for name, lam in (("rlsd, lam > 0", 0.5), ("rlsd, lam = 0", 0.0), ("grpo", None)):
             t1 = time.perf_counter()
-            logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, [{}] * len(refs), args) if lam else None
+            logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, [{}] * N, N, 1.0) if lam else None
             sync(device)
             t2 = time.perf_counter()
             batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
                          logp_teacher=logp_t, images=None)
-            train.train_step(model, opt, batch, lam or 0.0, args, 1)
+            train.train_step(model, opt, batch, algo="grpo" if lam is None else "rlsd", lam=lam or 0.0, micro_batch=N)
             sync(device)
             t3 = time.perf_counter()
             best = times.setdefault(name, [1e9] * 3)
@@ -249,6 +177,7 @@ def memory_config():
 def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_batch):
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # (set before spawn too) freed tensors leave the RSS
     import torch.distributed as dist
+    import parallel
     import rlsd
     import train
     from transformers import Qwen3ForCausalLM
@@ -260,11 +189,10 @@ def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_b
     if rank == 0:
         torch.manual_seed(0)
         full = Qwen3ForCausalLM(cfg).state_dict()
-    model = train.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False, True)
-    teacher = train.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False).eval()
+    model = parallel.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False, True)
+    teacher = parallel.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False).eval()
     del full
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    args = train.parse_args(["--max_new_tokens", str(new_tokens), "--micro_batch", str(micro_batch), "--gen_batch", "0"])
     g = torch.Generator().manual_seed(rank)
     ids = torch.randint(1, 32000, (rows, prompt_len), generator=g)
     mask = torch.ones_like(ids)
@@ -272,15 +200,15 @@ def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_b
     for step in range(2):  # the second step has AdamW's moments allocated: the steady state
         rss_peak_reset()
         model.eval()
-        with train.gathered(model):
+        with parallel.gathered(model):
             resp, resp_mask, _ = sample.generate(model, ids, mask, new_tokens, set(), 0, 1.0, 1.0, g)
         peaks["rollout"] = rss_peak_reset() - base
-        logp_t = train.teacher_logprobs(teacher, ids, mask, resp, resp_mask, [{}] * rows, args)
+        logp_t = train.teacher_logprobs(teacher, ids, mask, resp, resp_mask, [{}] * rows, micro_batch, 1.0)
         peaks["teacher"] = rss_peak_reset() - base
         adv = rlsd.group_advantages(torch.randn(rows, generator=g), 2)
         batch = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, resp_mask=resp_mask, adv=adv, logp_teacher=logp_t,
                      images=None)
-        train.train_step(model, opt, batch, 0.5, args, world)
+        train.train_step(model, opt, batch, lam=0.5, micro_batch=micro_batch, world=world)
         peaks["update"] = rss_peak_reset() - base
     torch.save(peaks, f"{out}.{rank}")  # (plain dict of ints)
     dist.barrier()
@@ -330,10 +258,10 @@ def main():
                    args.gen_batch)
         return
     import torch.distributed as dist
-    import train
+    import parallel
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if not dist.is_initialized():
-        train.setup_distributed()
+        parallel.setup_distributed()
     if args.only in (None, "rollout"):
         bench_rollout(device)
     if args.only in (None, "step"):

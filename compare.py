@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import plot
+from cli import entry_point, fail
 
 
 def torchrun(args, out, *flags):
@@ -28,7 +29,7 @@ def torchrun(args, out, *flags):
     print(" ".join(cmd[2:]), flush=True)
     res = subprocess.run(cmd, cwd=os.path.dirname(os.path.abspath(__file__)), stdout=subprocess.DEVNULL)
     if res.returncode:
-        sys.exit(f"error: {out} failed (exit {res.returncode}); see its output above")
+        fail(f"{out} failed (exit {res.returncode}); see its output above")
 
 
 def run(algo, seed, args):
@@ -59,6 +60,7 @@ def mean_std(values):
     return f"{statistics.mean(values):.3f} +- {statistics.stdev(values) if len(values) > 1 else 0:.3f}"
 
 
+@entry_point
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="pairs")

@@ -20,9 +20,10 @@ import json
 import math
 import os
 import statistics
-import sys
 
 from PIL import Image, ImageDraw, ImageFont
+
+from cli import UserError, entry_point, read_jsonl
 
 DEFAULT_KEYS = ["train/reward", "eval/accuracy", "policy/entropy", "train/response_len"]
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -59,24 +60,13 @@ def drawable(text, fnt):
 
 def read_metrics(run_dir):
     """Records of <run_dir>/metrics.jsonl (or of run_dir itself when it is a file), in file order.
-    A missing file or a line that is not a JSON object -> SystemExit("error: FILE:LINE: ...")."""
+    A missing file or a line that is not a JSON object: UserError naming it."""
     path = run_dir if os.path.isfile(run_dir) else os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(run_dir):
-        raise SystemExit(f"error: {run_dir}: no such run directory")
+        raise UserError(f"{run_dir}: no such run directory")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {run_dir}: no metrics.jsonl in it")
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}:{n}: not JSON ({e})") from None
-            if not isinstance(records[-1], dict):
-                raise SystemExit(f"error: {path}:{n}: not a JSON object")
-    return records
+        raise UserError(f"{run_dir}: no metrics.jsonl in it")
+    return [row for _, row in read_jsonl(path)]
 
 
 def is_number(v):
@@ -297,12 +287,7 @@ def draw_colour_bar(draw, x0, y0, width=300):
 
 # ---- CLI
 
-def fail(msg):
-    """One line on stderr, exit code 2."""
-    print(msg, file=sys.stderr)
-    sys.exit(2)
-
-
+@entry_point
 def main(argv=None):
     p = argparse.ArgumentParser(description="Training curves of runs (their metrics.jsonl) as a PNG.")
     p.add_argument("runs", nargs="+", help="run directories (or metrics .jsonl files)")
@@ -315,14 +300,12 @@ def main(argv=None):
     if len(set(labels)) < len(labels) and not args.labels:
         labels = args.runs  # two runs with the same directory name: tell them apart by path
     if len(labels) != len(args.runs) or len(set(labels)) < len(labels):
-        fail(f"error: need {len(args.runs)} distinct labels, got {labels}")
+        raise UserError(f"need {len(args.runs)} distinct labels, got {labels}")
+    runs = {label: read_metrics(d) for label, d in zip(labels, args.runs)}
     try:
-        runs = {label: read_metrics(d) for label, d in zip(labels, args.runs)}
         print(draw_curves(runs, args.keys, args.out, args.smooth))
-    except SystemExit as e:  # read_metrics' one-line "error: ..."
-        fail(str(e))
     except OSError as e:
-        fail(f"error: {args.out}: {e.strerror or e}")
+        raise UserError(f"{args.out}: {e.strerror or e}") from None
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ The steps, in the paper's order:
   3. group_advantages       A_i   = (r_i - mean(r)) / (std(r) + eps)        per group of G
   -  token_logprobs         log p(y_t) from logits, at the sampling temperature
   7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)   (decay_steps = 0: constant)
+  6. log_evidence_weight    log w_t = sign(A_i) * Delta_t,  Delta_t = log p_T(y_t) - log p_S(y_t)
   5-8. rlsd_token_advantages Â_t  = A_i * ((1 - lam) + lam * clip(exp(sign(A_i) * Delta_t), 1 - eps_w, 1 + eps_w))
   9. policy_loss            PPO clipped surrogate, token mean over the global batch
   -  generalized_jsd        the OPSD baseline's per-token divergence (teacher vs student distributions)
+  -  student_prompt, teacher_prompt, leaked   RLSD's prompts: the teacher's privileged context, and
+                            whether a student response gives that context away
 
 Shapes: N responses, T response tokens (right-padded). `mask` is 1 on real response tokens (EOS
 included) and 0 on padding. No I/O, no models, no ranks: copy this file into any trainer.
@@ -51,6 +54,14 @@ def lam_schedule(step, lam0=0.5, decay_steps=50):
     return lam0 * max(0.0, 1.0 - step / decay_steps)
 
 
+def log_evidence_weight(adv, delta):
+    """log w_t = sign(A_i) * Delta_t: the direction-aware evidence weight (step 6), in log space.
+
+    adv: [N] (or a scalar), delta: [N, T] (or [T]). exp() of it is w_t, always > 0; > 1 where the
+    teacher backs a rewarded token more than the student does, or a penalised token less."""
+    return torch.sign(adv).unsqueeze(-1) * delta
+
+
 def rlsd_token_advantages(adv, logp_teacher, logp_student, mask, lam, eps_w=0.2):
     """Direction-aware, teacher-weighted token advantages (steps 5-8).
 
@@ -67,7 +78,7 @@ def rlsd_token_advantages(adv, logp_teacher, logp_student, mask, lam, eps_w=0.2)
     mask = mask.float()
     delta = (logp_teacher - logp_student).detach().float() * mask  # [N, T]
     sign = torch.sign(adv).unsqueeze(1)  # [N, 1]
-    log_w = sign * delta  # [N, T]
+    log_w = log_evidence_weight(adv, delta)  # [N, T]
     w_clipped = log_w.clamp(math.log(1 - eps_w), math.log(1 + eps_w)).exp()  # [N, T]
     w_bar = (1 - lam) + lam * w_clipped  # [N, T]
     token_adv = adv.unsqueeze(1) * w_bar * mask  # [N, T]
@@ -127,3 +138,27 @@ def generalized_jsd(student_logits, teacher_logits, beta=0.5, temperature=1.0):
     kl_t = (log_t.exp() * (log_t - log_m)).sum(-1)  # KL(p_T || M)
     kl_s = (log_s.exp() * (log_s - log_m)).sum(-1)  # KL(p_S || M)
     return beta * kl_t + (1 - beta) * kl_s  # [C]
+
+
+# ----------------------------------------------------------------------------- the prompts
+INSTRUCTION = "Give the final answer as <answer>...</answer>."
+# Phrases of the teacher's privileged block: a student response that uses one has leaked it.
+LEAK_PHRASES = ("reference solution", "reference answer", "given answer", "given solution", "provided answer",
+                "provided solution", "the solution says", "the answer given")
+
+
+def student_prompt(question):
+    """What the policy sees: the question and the answer format."""
+    return f"{question}\n{INSTRUCTION}"
+
+
+def teacher_prompt(question, answer):
+    """Privileged context (step 4): the question plus the reference answer, same answer format asked."""
+    return (f"{question}\nHere is a reference solution: {answer}\n"
+            f"Solve the problem in your own way and reach the same answer. {INSTRUCTION}")
+
+
+def leaked(response):
+    """Does a student response refer to the teacher's privileged block?"""
+    text = " ".join(response.lower().split())
+    return any(p in text for p in LEAK_PHRASES)

@@ -18,10 +18,16 @@ import sys
 from functools import partial
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, DynamicLayer
 
-from rlsd import generalized_jsd, token_logprobs
+import plot
+from cli import UserError, entry_point
+from data import load_jsonl
+from hf import (eos_token_ids, format_prompt, image_inputs, load_spec, model_class, open_image, prompt_ids,
+                rope_positions, tokenizer_of, vision_token_ids)
+from logprobs import response_logprobs
+from rlsd import log_evidence_weight, student_prompt, teacher_prompt, token_logprobs
+from verify import extract_answer, reward
 
 
 def left_pad(seqs, pad_id):
@@ -34,24 +40,6 @@ def left_pad(seqs, pad_id):
             ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
     return ids, mask
-
-
-def position_ids(mask):
-    """Positions that ignore left padding: cumsum(mask) - 1, clamped at 0 on the pads. [B, L]."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def rope_positions(model, ids, mask, image_grid_thw=None, prompt_len=None):
-    """Position ids of a left-padded batch ids/mask [B, L]: position_ids(mask) for a text model; for a
-    Qwen-VL model its own 3-D M-RoPE positions [3, B, L] (get_rope_index): an image's tokens take
-    (t, row, column) positions and the text after it continues from the largest. Columns from
-    `prompt_len` on hold a response, which is text whatever its ids."""
-    if not is_vision_model(model.config):
-        return position_ids(mask)
-    types = (ids == model.config.image_token_id).long()  # 1 image, 0 text (mm_token_type_ids)
-    if prompt_len is not None:
-        types[:, prompt_len:] = 0
-    return model.model.get_rope_index(ids, types, image_grid_thw=image_grid_thw, attention_mask=mask)[0]
 
 
 def decode_positions(last):
@@ -184,266 +172,11 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
     return out[:, :T], resp_mask[:, :T], out_logp[:, :T]
 
 
-# ----------------------------------------------------------------------------- scoring a response
-CHUNK = 1024  # response tokens per vocabulary projection: bounds the [tokens, V] fp32 logits in memory
-
-
-def output_hidden(model, **inputs):
-    """The model's forward, returning the hidden states that enter its output layer ([N, L', H], the
-    positions `logits_to_keep` selects) instead of logits; the vocabulary projection is left to the
-    caller, chunk by chunk. Assumes a plain linear output layer (Qwen, Llama, Mistral, GPT-2)."""
-    captured = []
-
-    def take_input(module, args):
-        captured.append(args[0])
-        return (args[0][..., :0, :],)  # the output layer projects nothing
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(take_input)
-    try:
-        model(**inputs)
-    finally:
-        handle.remove()
-    return captured[0]
-
-
-def response_hidden(model, prompt_ids, prompt_mask, resp, resp_mask, **model_inputs):
-    """Hidden states that predict the real response tokens: [M, H], M = resp_mask.sum(), row by row.
-
-    Sequence = left-padded prompt [N, P] + right-padded response [N, T]; the states at columns
-    P-1 .. P+T-2 predict the response."""
-    width = int(prompt_mask.sum(1).max())  # drop columns that are padding in every row
-    ids = torch.cat([prompt_ids[:, -width:], resp], dim=1)  # [N, P + T]
-    mask = torch.cat([prompt_mask[:, -width:], resp_mask], dim=1)
-    T = resp.shape[1]
-    pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"), prompt_len=width)
-    hidden = output_hidden(model, input_ids=ids, attention_mask=mask, position_ids=pos,
-                           logits_to_keep=T + 1, use_cache=False, **model_inputs)[:, :T]  # [N, T, H]
-    return hidden[resp_mask.bool()]  # [M, H]
-
-
-def in_chunks(fn, *tensors, chunk=CHUNK):
-    """fn over row chunks of the [M, ...] tensors, outputs concatenated. With gradients on, each chunk
-    is recomputed in the backward instead of kept, so only one chunk's logits ever exist."""
-    if torch.is_grad_enabled():
-        fn = partial(checkpoint, fn, use_reentrant=False)
-    outs = [fn(*(t[i:i + chunk] for t in tensors)) for i in range(0, len(tensors[0]), chunk)]
-    return [torch.cat(o) for o in zip(*outs)] if outs else None
-
-
-def token_scores(hidden, tokens, teacher_hidden=None, *, weight, temperature, teacher_weight=None, beta=0.5,
-                 entropy=True):
-    """For a chunk of positions (hidden [C, H], tokens [C]): log p(tokens), the entropy of the
-    next-token distribution (if asked, else 0) and, given the teacher's hidden states, the OPSD
-    divergence between the teacher's and the student's distributions (else 0). Each [C]; the [C, V]
-    logits live only here."""
-    logits = hidden @ weight.t()  # [C, V]
-    logp = token_logprobs(logits[None], tokens[None], temperature)[0]
-    jsd = (generalized_jsd(logits, teacher_hidden @ teacher_weight.t(), beta, temperature)
-           if teacher_hidden is not None else torch.zeros_like(logp))
-    if not entropy:  # (the teacher pass: a second vocabulary-wide pass saved)
-        return logp, torch.zeros_like(logp), jsd
-    with torch.no_grad():
-        z = torch.log_softmax(logits.to(logp.dtype) / temperature, -1)
-        return logp, -(z.exp() * z).sum(-1), jsd
-
-
-def unflatten(values, resp_mask):
-    """[M] values of the real response tokens -> [N, T], 0 on padding."""
-    out = torch.zeros(resp_mask.shape, dtype=values.dtype, device=values.device)
-    return out.masked_scatter(resp_mask.bool(), values)
-
-
-def response_logprobs(model, prompt_ids, prompt_mask, resp, resp_mask, temperature=1.0,
-                      with_entropy=False, chunk=CHUNK, **model_inputs):
-    """log p(resp_t | prompt, resp_<t) for every response column: [N, T] (and entropy [N, T]), 0 on
-    padding. Only real response tokens are projected onto the vocabulary, `chunk` at a time."""
-    hidden = response_hidden(model, prompt_ids, prompt_mask, resp, resp_mask, **model_inputs)  # [M, H]
-    score = partial(token_scores, weight=model.get_output_embeddings().weight, temperature=temperature,
-                    entropy=with_entropy)
-    logp, ent, _ = (unflatten(x, resp_mask) for x in in_chunks(score, hidden, resp[resp_mask.bool()], chunk=chunk))
-    return (logp, ent) if with_entropy else logp
-
-
-# ----------------------------------------------------------------------------- memory
-def kv_bytes_per_token(config, dtype_bytes=2):
-    """Bytes of K and V that one token adds to the cache: 2 * layers * kv_heads * head_dim * dtype."""
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return 2 * c.num_hidden_layers * heads * head_dim * dtype_bytes
-
-
-def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2, reserve=0.1):
-    """Rows per generate call that fit in free_bytes (less a `reserve` share): each row holds its KV
-    cache for prompt + budget, or, during the prefill, the prompt's cache plus one layer's transient
-    activations (~(4 hidden + 3 intermediate) values per token); plus fp32 logits and probabilities."""
-    c = config.get_text_config() if hasattr(config, "get_text_config") else config
-    kv = kv_bytes_per_token(config, dtype_bytes)
-    act = (4 * c.hidden_size + 3 * getattr(c, "intermediate_size", 4 * c.hidden_size)) * dtype_bytes
-    per_row = max(kv * (prompt_len + max_new_tokens), (kv + act) * prompt_len) + 3 * 4 * c.vocab_size
-    return max(1, int(free_bytes * (1 - reserve) // per_row))
-
-
-# ----------------------------------------------------------------------------- the prompts of training
-INSTRUCTION = "Give the final answer as <answer>...</answer>."
-# Phrases of the teacher's privileged block: a student response that uses one leaked it.
-LEAK_PHRASES = ("reference solution", "reference answer", "given answer", "given solution", "provided answer",
-                "provided solution", "the solution says", "the answer given")
-
-
-def student_prompt(question):
-    return f"{question}\n{INSTRUCTION}"
-
-
-def teacher_prompt(question, answer):
-    """Privileged context: the question plus the reference answer, same answer format asked."""
-    return (f"{question}\nHere is a reference solution: {answer}\n"
-            f"Solve the problem in your own way and reach the same answer. {INSTRUCTION}")
-
-
-def leaked(response):
-    """Does a student response refer to the teacher's privileged block?"""
-    text = " ".join(response.lower().split())
-    return any(p in text for p in LEAK_PHRASES)
-
-
-# ----------------------------------------------------------------------------- models, processors, prompts
-def is_vision_model(config):
-    return getattr(config, "vision_config", None) is not None
-
-
-def vision_token_ids(config):
-    """The image/video placeholder and delimiter ids of a VLM (none for a text model)."""
-    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-    return [i for i in (getattr(config, n, None) for n in names) if i is not None] if is_vision_model(config) else []
-
-
-def image_only(cls):
-    """A processor class like `cls` but without its video processor: transformers' processors require
-    every sub-processor they declare, and the Qwen-VL video processors need torchvision, which this
-    project does not use. It keeps the stock name, so the saved files name the stock class."""
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-    return type(cls.__name__, (cls,), {"__init__": __init__})
-
-
-def load_processor(path, trust_remote_code=False):
-    """The tokenizer of a text model; the processor (tokenizer + image processor) of a VLM."""
-    import transformers
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if not is_vision_model(config):
-        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])).from_pretrained(path)
-
-
-# The video processor each image-only Qwen-VL processor stands in for, and the hub's settings for it that
-# differ from the image processor's (Qwen2(.5)-VL's video processor takes the image sizes).
-VIDEO_PROCESSORS = {"Qwen3VLProcessor": ("Qwen3VLVideoProcessor", {"shortest_edge": 4096, "longest_edge": 25165824}),
-                    "Qwen2_5_VLProcessor": ("Qwen2VLVideoProcessor", None),
-                    "Qwen2VLProcessor": ("Qwen2VLVideoProcessor", None)}
-
-
-def write_video_config(proc, directory):
-    """video_preprocessor_config.json beside a saved image-only processor, so that where torchvision is
-    installed AutoProcessor.from_pretrained(directory) loads the stock processor (it requires a video
-    processor). Only JSON is written; patching and normalization are the image processor's."""
-    if type(proc).__name__ not in VIDEO_PROCESSORS or not hasattr(proc, "image_processor"):
-        return
-    kind, size = VIDEO_PROCESSORS[type(proc).__name__]
-    image = proc.image_processor
-    config = {"video_processor_type": kind, "processor_class": type(proc).__name__,
-              "size": size or {k: image.size[k] for k in ("shortest_edge", "longest_edge")},
-              **{k: getattr(image, k) for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean",
-                                                  "image_std") if getattr(image, k, None) is not None}}
-    with open(os.path.join(directory, "video_preprocessor_config.json"), "w") as f:
-        json.dump(config, f, indent=2, default=list)
-
-
-def model_class(config):
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-    return AutoModelForImageTextToText if is_vision_model(config) else AutoModelForCausalLM
-
-
-def tokenizer_of(proc):
-    return getattr(proc, "tokenizer", proc)
-
-
-def eos_token_ids(model, tokenizer):
-    """Every id that ends a response: the tokenizer's EOS and the model's generation_config EOS ids."""
-    ids = {tokenizer_of(tokenizer).eos_token_id}
-    gen = getattr(model, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
-    ids |= set(extra if isinstance(extra, (list, tuple)) else [extra])
-    return {i for i in ids if i is not None}
-
-
-def format_prompt(proc, text, n_images=0, **template_kwargs):
-    """One user turn through the chat template (the raw text if there is none). `<image>` in `text`
-    marks where each of the n_images images goes; with no marker the images come first."""
-    if not getattr(proc, "chat_template", None):
-        return text
-    content = text
-    if n_images:
-        parts = text.split("<image>") if "<image>" in text else [""] * n_images + [text]
-        content = []
-        for i, part in enumerate(parts):
-            if i:
-                content.append({"type": "image"})
-            if part:
-                content.append({"type": "text", "text": part})
-    return proc.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                    add_generation_prompt=True, **template_kwargs)
-
-
-def image_token_counts(proc, sizes):
-    """Tokens each image of size (width, height) becomes in the prompt, from the image processor's resize."""
-    ip = proc.image_processor
-    return [ip.get_number_of_image_patches(h, w, {}) // ip.merge_size ** 2 for w, h in sizes]
-
-
-def prompt_ids(proc, text, image_sizes=()):
-    """Token ids of a formatted prompt, each image placeholder repeated once per image token."""
-    if image_sizes:
-        pieces = text.split(proc.image_token)
-        if len(pieces) != len(image_sizes) + 1:
-            raise ValueError(f"{len(pieces) - 1} image placeholders for {len(image_sizes)} images")
-        counts = image_token_counts(proc, image_sizes) + [0]
-        text = "".join(p + proc.image_token * n for p, n in zip(pieces, counts))
-    return tokenizer_of(proc)(text, add_special_tokens=False)["input_ids"]
-
-
-def image_inputs(proc, images, device):
-    """pixel_values and image_grid_thw of a batch's images in prompt order ({} when there are none)."""
-    if not images:
-        return {}
-    out = proc.image_processor(images=images, return_tensors="pt")
-    return {"pixel_values": out["pixel_values"].to(device), "image_grid_thw": out["image_grid_thw"].to(device)}
-
-
-def cat_images(items):
-    """One batch's image inputs from per-row ones (image_inputs of each row), in row order."""
-    items = [i for i in items if i]
-    return {k: torch.cat([i[k] for i in items]) for k in items[0]} if items else {}
-
-
-def open_image(item):
-    """A PIL image, RGB, from a path or an image."""
-    from PIL import Image
-    return (Image.open(item) if isinstance(item, str) else item).convert("RGB")
-
-
 # ----------------------------------------------------------------------------- the command line
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def token_credit(model, proc, question, reference, resp, resp_mask, images, eps_w=0.2):
+def token_credit(model, proc, question, reference, resp, resp_mask, images):
     """RLSD's view of one response (resp [1, T]): Delta_t = log p_T - log p_S (the same network, with
     and without the reference) and the evidence weight w_t = exp(sign(A) Delta_t), A's sign from the
     response's reward against the reference. Returns (delta [T], w [T], reward)."""
-    from verify import reward
     tok, sizes = tokenizer_of(proc), [im.size for im in images]
     extra = image_inputs(proc, images, resp.device)
     logps = []
@@ -452,12 +185,11 @@ def token_credit(model, proc, question, reference, resp, resp_mask, images, eps_
         logps.append(response_logprobs(model, ids, torch.ones_like(ids), resp, resp_mask, 1.0, **extra)[0])
     r = reward(tok.decode(resp[0][resp_mask[0].bool()], skip_special_tokens=True), reference)
     delta = logps[1] - logps[0]
-    return delta, torch.exp((1 if r else -1) * delta), r
+    return delta, log_evidence_weight(torch.tensor(1.0 if r else -1.0), delta).exp(), r
 
 
 def write_heatmap(path, tok, resp, delta, w, r, question):
     """credit.html and credit.png (same stem) with one coloured cell per response token."""
-    import plot
     tokens = [tok.decode([t]) for t in resp.tolist()]
     title = f"{question[:80]} | reward {r:g}: w = exp({'+' if r else '-'}Delta)"
     stem = os.path.splitext(path)[0]
@@ -469,9 +201,8 @@ def write_heatmap(path, tok, resp, delta, w, r, question):
 
 def evaluate_file(model, proc, path, out_path, n, args, device):
     """Accuracy of a checkpoint on a JSONL of {question, answer[, images, options]}: greedy (n = 1) or
-    the mean over n samples at --temperature. Writes one row per question and sample."""
-    from train import load_jsonl  # the trainer's reader: same fields, same errors
-    from verify import extract_answer, reward
+    the mean over n samples at --temperature. Writes one row per question and sample. The rows are
+    read as the trainer reads its data (data.load_jsonl: same fields, same errors)."""
     tok = tokenizer_of(proc)
     rows, total, out = load_jsonl(path, args.allow_abs_paths), 0.0, []
     temperature = args.temperature if n > 1 else 0.0
@@ -497,6 +228,7 @@ def evaluate_file(model, proc, path, out_path, n, args, device):
     return total / max(len(out), 1), len(rows)
 
 
+@entry_point
 def main():
     p = argparse.ArgumentParser(description="Sample from a saved checkpoint, draw RLSD's token credit, or evaluate.")
     p.add_argument("checkpoint", help="a model directory saved by train.py (or any Hugging Face model directory)")
@@ -519,17 +251,15 @@ def main():
     p.add_argument("--trust_remote_code", action="store_true")
     args = p.parse_args()
     if not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
-        fail(f"{args.checkpoint} is not a model directory (no config.json)")
+        raise UserError(f"{args.checkpoint} is not a model directory (no config.json)")
     if args.eval is None and args.question is None:
-        fail("give a question, or --eval FILE")
+        raise UserError("give a question, or --eval FILE")
     if args.heatmap and not args.reference:
-        fail("--heatmap needs --reference (the teacher's privileged answer)")
+        raise UserError("--heatmap needs --reference (the teacher's privileged answer)")
     if args.eval and not os.path.isfile(args.eval):
-        fail(f"--eval: no such file {args.eval}")
-    from transformers import AutoConfig
+        raise UserError(f"--eval: no such file {args.eval}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    proc = load_processor(args.checkpoint, args.trust_remote_code)
-    config = AutoConfig.from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code)
+    proc, config, _ = load_spec(args.checkpoint, args.trust_remote_code)
     model = model_class(config).from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code,
                                                 dtype="auto").to(device).eval()
     tok = tokenizer_of(proc)

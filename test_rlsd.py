@@ -8,16 +8,21 @@ import random
 import statistics
 import subprocess
 import sys
-from argparse import Namespace
 
 import pytest
 import torch
 
+import data
+import hf
+import logprobs
+import memory
+import parallel
 import rlsd
 import sample
 import toy
 import train
 import verify
+from cli import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -126,6 +131,29 @@ def test_policy_loss_matches_python():
     assert stats["ratio_clip_frac"] == pytest.approx(clipped / 5)
 
 
+def test_readme_snippet_runs_and_gives_the_rlsd_loss():
+    """The README's "Use RLSD in your own trainer" snippet, extracted and run as it stands: its loss
+    equals the RLSD loss computed here in plain Python (rho = 1: -sum A_i wbar_t / tokens)."""
+    text = open(os.path.join(HERE, "README.md"), encoding="utf-8").read()
+    code = text.split("## Use RLSD in your own trainer", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    ns = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    G, rewards, mask = ns["G"], ns["rewards"].tolist(), ns["mask"]
+    ls, lt = ns["logp"].detach(), ns["logp_teacher"]
+    total = count = 0.0
+    for i in range(len(rewards)):
+        group = rewards[i // G * G:(i // G + 1) * G]
+        a = (rewards[i] - statistics.mean(group)) / (statistics.stdev(group) + 1e-6)
+        for t in range(mask.shape[1]):
+            if mask[i, t]:
+                w = math.exp(((a > 0) - (a < 0)) * (lt[i, t].item() - ls[i, t].item()))
+                total += a * (0.5 + 0.5 * min(max(w, 0.8), 1.2))
+                count += 1
+    assert ns["loss"].item() == pytest.approx(-total / count, abs=1e-6)
+    assert ns["logits"].grad is not None and ns["logits"].grad.abs().sum() > 0
+    assert ns["stats"]["w_clip_low_frac"] + ns["stats"]["w_clip_high_frac"] > 0  # the weights are active
+
+
 def test_policy_gradient_at_rho_one():
     """At rho = 1 the clipped loss has the plain policy gradient -sum(Â grad log p) / N."""
     torch.manual_seed(3)
@@ -149,13 +177,13 @@ def test_micro_batches_give_the_same_gradient():
     r_mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1] * 4 + [0]])
     adv = torch.randn(4, 5) * r_mask
     with torch.no_grad():
-        old = sample.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0) + 0.1 * torch.randn(4, 5)
+        old = logprobs.response_logprobs(model, p_ids, p_mask, resp, r_mask, 1.0) + 0.1 * torch.randn(4, 5)
     n = r_mask.sum()
 
     def grads(splits):
         model.zero_grad()
         for s in splits:
-            logp = sample.response_logprobs(model, p_ids[s], p_mask[s], resp[s], r_mask[s], 1.0)
+            logp = logprobs.response_logprobs(model, p_ids[s], p_mask[s], resp[s], r_mask[s], 1.0)
             rlsd.policy_loss(logp, old[s], adv[s], r_mask[s], num_tokens=n)[0].backward()
         return [p.grad.clone() for p in model.parameters()]
 
@@ -198,16 +226,16 @@ def test_chunked_jsd_equals_unchunked(chunk):
     ids, mask = sample.left_pad([[1, 2, 3], [4, 5]], 0)
     t_ids, t_mask = sample.left_pad([[1, 2, 3, 9, 9], [4, 5, 9]], 0)
     resp, rmask = torch.randint(1, 32, (2, 4)), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    h = sample.response_hidden(student, ids, mask, resp, rmask)
+    h = logprobs.response_hidden(student, ids, mask, resp, rmask)
     with torch.no_grad():
-        ht = sample.response_hidden(teacher, t_ids, t_mask, resp, rmask)
-    score = functools.partial(sample.token_scores, weight=student.lm_head.weight, temperature=0.9,
+        ht = logprobs.response_hidden(teacher, t_ids, t_mask, resp, rmask)
+    score = functools.partial(logprobs.token_scores, weight=student.lm_head.weight, temperature=0.9,
                               teacher_weight=teacher.lm_head.weight, beta=0.5)
-    logp, ent, jsd = sample.in_chunks(score, h, resp[rmask.bool()], ht, chunk=chunk)
+    logp, ent, jsd = logprobs.in_chunks(score, h, resp[rmask.bool()], ht, chunk=chunk)
     jsd.sum().backward()
     got = [p.grad.clone() for p in student.parameters()]
     student.zero_grad()
-    whole = rlsd.generalized_jsd(sample.response_hidden(student, ids, mask, resp, rmask) @ student.lm_head.weight.t(),
+    whole = rlsd.generalized_jsd(logprobs.response_hidden(student, ids, mask, resp, rmask) @ student.lm_head.weight.t(),
                                  ht @ teacher.lm_head.weight.t(), 0.5, 0.9)
     torch.testing.assert_close(jsd, whole)
     whole.sum().backward()
@@ -220,8 +248,8 @@ def test_teacher_equal_to_student_with_the_same_prompt_gives_delta_zero_and_weig
     model = tiny_model()
     ids, mask = sample.left_pad([[1, 2, 3], [4, 5]], 0)
     resp, rmask = torch.randint(1, 32, (2, 4)), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    logp = sample.response_logprobs(model, ids, mask, resp, rmask)
-    again = sample.response_logprobs(model, ids, mask, resp, rmask)
+    logp = logprobs.response_logprobs(model, ids, mask, resp, rmask)
+    again = logprobs.response_logprobs(model, ids, mask, resp, rmask)
     adv = torch.tensor([1.3, -0.4])
     token_adv, st = rlsd.rlsd_token_advantages(adv, again, logp, rmask, lam=0.5)
     assert st["delta_mean"] == 0 and st["w_mean"] == 1 and st["w_clip_low_frac"] == st["w_clip_high_frac"] == 0
@@ -229,11 +257,11 @@ def test_teacher_equal_to_student_with_the_same_prompt_gives_delta_zero_and_weig
 
 
 def test_leak_rate_counts_only_responses_that_mention_the_privileged_block():
-    assert sample.leaked("As the Reference  Solution says, it is 9.")
-    assert sample.leaked("the given answer is <answer>9</answer>")
-    assert not sample.leaked("The largest number is 9, so <answer>9</answer>")
-    assert not sample.leaked("I will solve it myself; the answer refers to nothing else.")
-    assert sample.leaked(sample.teacher_prompt("q", "a"))  # an echo of the teacher's prompt is caught
+    assert rlsd.leaked("As the Reference  Solution says, it is 9.")
+    assert rlsd.leaked("the given answer is <answer>9</answer>")
+    assert not rlsd.leaked("The largest number is 9, so <answer>9</answer>")
+    assert not rlsd.leaked("I will solve it myself; the answer refers to nothing else.")
+    assert rlsd.leaked(rlsd.teacher_prompt("q", "a"))  # an echo of the teacher's prompt is caught
 
 
 # ----------------------------------------------------------------------------- sample.py
@@ -282,7 +310,7 @@ def test_sampler_logprobs_equal_training_forward_and_top_p(kind):
     ids, mask = sample.left_pad([[3, 4, 5, 6], [7, 8], [9]], pad_id=0)
     gen = torch.Generator().manual_seed(0)
     resp, rmask, lp = sample.generate(model, ids, mask, 8, eos_ids={2}, pad_id=0, temperature=0.7, generator=gen)
-    again = sample.response_logprobs(model, ids, mask, resp, rmask, 0.7)
+    again = logprobs.response_logprobs(model, ids, mask, resp, rmask, 0.7)
     torch.testing.assert_close(again * rmask, lp * rmask)
     # top_p keeps only the smallest set of tokens reaching p: here just the 0.5 token
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
@@ -300,7 +328,7 @@ def test_teacher_logprobs_read_at_student_response_positions(kind):
     rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     for prompts in (student, teacher):
         ids, mask = sample.left_pad(prompts, pad_id=0)
-        got = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0)
+        got = logprobs.response_logprobs(model, ids, mask, resp, rmask, 1.0)
         for i, p in enumerate(prompts):
             n = int(rmask[i].sum())
             full = torch.tensor([p + resp[i, :n].tolist()])
@@ -324,7 +352,7 @@ def test_greedy_equals_hf_generate_when_rows_finish_at_different_steps(kind, syn
     lengths = rmask.sum(1).tolist()
     assert len(set(lengths)) > 1 and min(lengths) <= 2
     assert torch.equal(resp, ref[:, :resp.shape[1]]) and (ref[:, resp.shape[1]:] == 1).all()
-    again = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0)
+    again = logprobs.response_logprobs(model, ids, mask, resp, rmask, 1.0)
     torch.testing.assert_close(again * rmask, lp * rmask)  # log-probs of the dropped rows stay right
 
 
@@ -335,12 +363,12 @@ def test_chunked_logprobs_entropy_and_gradient_equal_unchunked(chunk):
     ids, mask = sample.left_pad([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 0)
     resp = torch.randint(1, 32, (3, 6))
     rmask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]])
-    logp, ent = sample.response_logprobs(model, ids, mask, resp, rmask, 0.8, with_entropy=True, chunk=chunk)
+    logp, ent = logprobs.response_logprobs(model, ids, mask, resp, rmask, 0.8, with_entropy=True, chunk=chunk)
     (logp * torch.arange(6)).sum().backward()
     got = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     seq, smask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)  # plain: all [N, T, V] logits at once
-    logits = model(input_ids=seq, attention_mask=smask, position_ids=sample.position_ids(smask)).logits[:, 3:9]
+    logits = model(input_ids=seq, attention_mask=smask, position_ids=hf.position_ids(smask)).logits[:, 3:9]
     z = torch.log_softmax(logits / 0.8, -1)
     want = z.gather(-1, resp[..., None])[..., 0] * rmask
     torch.testing.assert_close(logp, want)
@@ -360,7 +388,7 @@ def tiny_vl(kind="qwen3", dtype=torch.float64):
     if kind == "qwen3":
         return toy.vl_model(proc).to(dtype).eval(), proc
     proc.image_processor.patch_size = 14
-    proc = sample.image_only(Qwen2_5_VLProcessor)(image_processor=proc.image_processor, tokenizer=proc.tokenizer,
+    proc = hf.image_only(Qwen2_5_VLProcessor)(image_processor=proc.image_processor, tokenizer=proc.tokenizer,
                                                   chat_template=toy.VL_TEMPLATE)
     c = toy.vl_config(proc).to_dict()
     text = {k: c["text_config"][k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -383,10 +411,10 @@ def vl_batch(proc, specs):
     for text, sizes in specs:
         ims = [Image.fromarray(torch.randint(0, 255, (h, w, 3), generator=g, dtype=torch.uint8).numpy())
                for w, h in sizes]
-        ids.append(sample.prompt_ids(proc, sample.format_prompt(proc, text, len(ims)), [im.size for im in ims]))
+        ids.append(hf.prompt_ids(proc, hf.format_prompt(proc, text, len(ims)), [im.size for im in ims]))
         images += ims
     x, m = sample.left_pad(ids, proc.tokenizer.pad_token_id)
-    return x, m, sample.image_inputs(proc, images, "cpu"), images
+    return x, m, hf.image_inputs(proc, images, "cpu"), images
 
 
 VL_SPECS = [("Describe.", [(64, 64)]), ("Look at <image> this one, please.", [(96, 128)]), ("Hi", [(32, 64)]),
@@ -401,7 +429,7 @@ def test_vl_greedy_equals_hf_generate_alone_and_in_a_batch_of_image_sizes(kind):
     model, proc = tiny_vl(kind)
     ids, mask, extra, images = vl_batch(proc, VL_SPECS)
     pad = proc.tokenizer.pad_token_id
-    banned = sample.vision_token_ids(model.config)
+    banned = hf.vision_token_ids(model.config)
     free, _, _ = sample.generate(model, ids, mask, 12, set(), pad, temperature=0, **extra)
     eos = {int(free[0, 2]), int(free[3, 5])}
     resp, rmask, lp = sample.generate(model, ids, mask, 12, eos, pad, temperature=0, sync_every=2, **extra)
@@ -414,11 +442,11 @@ def test_vl_greedy_equals_hf_generate_alone_and_in_a_batch_of_image_sizes(kind):
     for i, (text, sizes) in enumerate(VL_SPECS):  # each prompt alone gives the same response
         x, m, e, _ = vl_batch(proc, [(text, sizes)])
         first = sum(len(s) for _, s in VL_SPECS[:i])
-        e = sample.image_inputs(proc, images[first:first + len(sizes)], "cpu")
+        e = hf.image_inputs(proc, images[first:first + len(sizes)], "cpu")
         alone, amask, _ = sample.generate(model, x, m, 12, eos, pad, temperature=0, **e)
         n = int(amask.sum())
         assert alone[0, :n].tolist() == resp[i, :n].tolist()
-    again = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)  # the training forward
+    again = logprobs.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)  # the training forward
     torch.testing.assert_close(again * rmask, lp * rmask)
     assert not torch.isin(resp, torch.tensor(banned)).any()
 
@@ -431,13 +459,13 @@ def test_vl_teacher_logprobs_read_at_student_response_positions():
     rmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     specs = [("Q <image>: reference 12345, solve it again.", [(64, 32)]), ("R", [(32, 96)])]
     ids, mask, extra, images = vl_batch(proc, specs)
-    got = sample.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)
+    got = logprobs.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)
     for i, (text, sizes) in enumerate(specs):
         x, m, _, _ = vl_batch(proc, [(text, sizes)])
-        e = sample.image_inputs(proc, images[i:i + 1], "cpu")
+        e = hf.image_inputs(proc, images[i:i + 1], "cpu")
         n, P = int(rmask[i].sum()), x.shape[1]
         full = torch.cat([x, resp[i:i + 1, :n]], 1)
-        pos = sample.rope_positions(model, full, torch.ones_like(full), e["image_grid_thw"], prompt_len=P)
+        pos = hf.rope_positions(model, full, torch.ones_like(full), e["image_grid_thw"], prompt_len=P)
         logits = model(input_ids=full, position_ids=pos, **e).logits[0, P - 1:P - 1 + n]
         want = torch.log_softmax(logits, -1).gather(-1, resp[i, :n, None])[:, 0]
         torch.testing.assert_close(got[i, :n], want)
@@ -933,7 +961,8 @@ def test_verify_cli_jsonl_bom_and_bad_bytes(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
     assert res.stderr.strip().splitlines() == [f"error: {bad}:2: not UTF-8 text (byte 0xe9 at column 18)"]
-    for content, needle in ((b"[1]\n", ":1: need a JSON object"), (None, "cannot read")):
+    for content, needle in ((b"[1]\n", ":1: expected a JSON object"), (b'{"response": "x"}\n', ":1: need a JSON object with"),
+                            (None, "cannot read")):
         path = tmp_path / "other.jsonl"
         if content is not None:
             path.write_bytes(content)
@@ -989,7 +1018,7 @@ def test_jsonl_fields_and_solution_answer(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"problem": "p", "solution": "so \\\\boxed{12}"}\n\n{"prompt": "q", "answer": 3}\n'
                      b'{"question": "r", "answer": "B", "choices": ["1", "2"]}\n')  # with a byte-order mark
-    rows = train.load_jsonl(str(path))
+    rows = data.load_jsonl(str(path))
     assert [{k: r[k] for k in ("question", "answer", "where")} for r in rows] == [
         {"question": "p", "answer": "12", "where": f"{path}:1"}, {"question": "q", "answer": "3", "where": f"{path}:3"},
         {"question": "r", "answer": "B", "where": f"{path}:4"}]
@@ -1009,14 +1038,14 @@ def test_jsonl_images_both_published_layouts(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"problem": "<image> vs <image>?", "answer": "1", "images": ["img/a.png", "b.png"]})
                     + "\n" + json.dumps({"question": "Which?", "answer": "B", "image": "b.png"}) + "\n")
-    rows = train.load_jsonl(str(path))
+    rows = data.load_jsonl(str(path))
     assert rows[0]["images"] == [str(tmp_path / "img" / "a.png"), str(tmp_path / "b.png")]
     assert rows[0]["image_sizes"] == [(64, 32), (32, 96)] and rows[1]["image_sizes"] == [(32, 96)]
     proc = toy.vl_processor(["x"])
-    (row,), dropped = train.tokenize(rows[1:], proc, 1000, {})
+    (row,), dropped = data.tokenize(rows[1:], proc, 1000, {})
     n_pad = row["student_ids"].count(proc.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     assert dropped == 0 and n_pad == 32 * 96 // (32 * 32)  # one token per 2x2 patches of 16 pixels
-    _, dropped = train.tokenize(rows, proc, 20, {})
+    _, dropped = data.tokenize(rows, proc, 20, {})
     assert dropped == 2
 
 
@@ -1056,11 +1085,11 @@ def _update_worker(rank, world, port, out_file, micro_batch, mode):
     train.py builds it: meta skeleton, sharded, weights broadcast from rank 0's plainly built copy."""
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    tok = train.toy_tokenizer()
+    tok = toy.text_tokenizer()
     torch.manual_seed(0)
     plain = toy.text_model(tok)
     init = {k: v.clone() for k, v in plain.state_dict().items()}
-    model = train.build_sharded(lambda: toy.text_model(tok), plain.state_dict() if rank == 0 else {},
+    model = parallel.build_sharded(lambda: toy.text_model(tok), plain.state_dict() if rank == 0 else {},
                                 torch.device("cpu"), torch.float32, mixed_precision=False)
     g = torch.Generator().manual_seed(1)
     N, P, T = 8, 6, 5  # one global batch, identical on every rank
@@ -1070,10 +1099,10 @@ def _update_worker(rank, world, port, out_file, micro_batch, mode):
     resp = torch.randint(1, len(tok), (N, T), generator=g)
     r_mask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=g)).long()
     with torch.no_grad():
-        pos = sample.position_ids(p_mask)
+        pos = hf.position_ids(p_mask)
         logits = [m(input_ids=p_ids, attention_mask=p_mask, position_ids=pos).logits for m in (plain, model)]
-        train.reshard(model)
-        logp = sample.response_logprobs(plain, p_ids, p_mask, resp, r_mask, 1.0)
+        parallel.reshard(model)
+        logp = logprobs.response_logprobs(plain, p_ids, p_mask, resp, r_mask, 1.0)
     adv = torch.randn(N, generator=g)
     adv[1] = 0.0  # a group with equal rewards
     logp_teacher = logp + 0.3 * torch.randn(N, T, generator=g)  # weights away from 1, some clipped
@@ -1084,9 +1113,9 @@ def _update_worker(rank, world, port, out_file, micro_batch, mode):
     share = N // world
     batch = {k: v[rank * share:(rank + 1) * share] if v is not None else None for k, v in batch.items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD, unlike Adam, shows any gradient scale error
-    args = Namespace(micro_batch=micro_batch, temperature=1.0, clip_low=0.2, clip_high=0.28, grad_clip=1e9, eps_w=0.2,
-                     algo="grpo" if mode == "grpo" else "rlsd", jsd_beta=0.5, distill_coef=0.0)
-    stats = train.train_step(model, opt, batch, 0.0 if mode in ("lam0", "grpo") else 0.5, args, world)
+    stats = train.train_step(model, opt, batch, algo="grpo" if mode == "grpo" else "rlsd",
+                             lam=0.0 if mode in ("lam0", "grpo") else 0.5, eps_w=0.2, clip_low=0.2, clip_high=0.28,
+                             grad_clip=1e9, temperature=1.0, micro_batch=micro_batch, distill_coef=0.0, world=world)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
@@ -1172,8 +1201,8 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     assert json.load(open(os.path.join(ckpt, "config.json")))["architectures"] == ["Qwen2ForCausalLM"]
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
     assert tok.pad_token_id == tok.eos_token_id
-    prompt = train.student_prompt("Which number is largest: 1, 5, 3, 2?")  # the tokenizer round-trips
-    assert tok(prompt)["input_ids"] == train.toy_tokenizer()(prompt)["input_ids"]
+    prompt = rlsd.student_prompt("Which number is largest: 1, 5, 3, 2?")  # the tokenizer round-trips
+    assert tok(prompt)["input_ids"] == toy.text_tokenizer()(prompt)["input_ids"]
 
     # the sampling CLI works on the checkpoint; the credit heatmap; evaluation of a data file
     question = "Which number is largest: 1, 5, 3, 2?"
@@ -1239,7 +1268,7 @@ def test_end_to_end_tiny_vl_two_processes_mixed_image_and_text_rows(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(ckpt)
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert type(AutoImageProcessor.from_pretrained(ckpt)).__name__.startswith("Qwen2VLImageProcessor")
-    proc = sample.load_processor(ckpt)
+    proc = hf.load_processor(ckpt)
     assert proc.tokenizer("<|image_pad|>")["input_ids"] == [model.config.image_token_id]
     res = subprocess.run([sys.executable, "sample.py", ckpt, row["question"], "--image",
                           str(data / "shape.png"), "--n", "2", "--max_new_tokens", "6"],
@@ -1272,11 +1301,11 @@ def test_stop_and_resume_equals_an_uninterrupted_run_on_two_processes(tmp_path):
 
 def test_interrupted_save_leaves_the_previous_checkpoint_and_resume_uses_it(tmp_path):
     out = tmp_path / "run"
-    crash = ("import sys, train; real = train.dcp.save\n"
+    crash = ("import sys, rundir, train; real = rundir.dcp.save\n"
              "def save(state, checkpoint_id):\n"
              "    if 'checkpoint-4' in checkpoint_id: raise OSError('disk full (simulated)')\n"
              "    real(state, checkpoint_id=checkpoint_id)\n"
-             "train.dcp.save = save; train.main(sys.argv[1:])\n")
+             "rundir.dcp.save = save; train.main(sys.argv[1:])\n")
     args = RUN + ["--steps", "6", "--save_every", "2", "--out", str(out)]
     res = subprocess.run([sys.executable, "-c", crash, *args], cwd=HERE, capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "disk full" in res.stderr
@@ -1386,7 +1415,7 @@ def test_memory_plan_matches_measured_peak_memory_on_cpu():
     import bench
     rows, prompt_len, new_tokens, micro_batch = 4, 64, 64, 2
     got = bench.measure_memory(1, rows, prompt_len, new_tokens, micro_batch, out=os.path.join(HERE, ".bench-mem"))[0]
-    plan = bench.memory_plan(bench.shape_of(bench.memory_config()), 1, rows, prompt_len, new_tokens, micro_batch,
+    plan = memory.memory_plan(memory.shape_of(bench.memory_config()), 1, rows, prompt_len, new_tokens, micro_batch,
                              compute_bytes=4)
     for phase in ("rollout", "teacher", "update"):
         assert abs(got[phase] - plan[phase]) <= 0.25 * got[phase], (phase, got[phase] / 2 ** 20, plan[phase] / 2 ** 20)
@@ -1394,12 +1423,12 @@ def test_memory_plan_matches_measured_peak_memory_on_cpu():
 
 def test_memory_plan_of_the_paper_preset_fits_80gb():
     import bench
-    s = bench.PRESETS["Qwen3-8B"]
-    assert bench.n_params(s) == 8190735360  # Qwen3-8B's parameter count
-    gen = bench.largest_gen_batch(s, 8, 80e9, 4096, 4096, 4)
-    plan = bench.memory_plan(s, 8, gen, 4096, 4096, 4)
+    s = memory.PRESETS["Qwen3-8B"]
+    assert memory.n_params(s) == 8190735360  # Qwen3-8B's parameter count
+    gen = memory.largest_gen_batch(s, 8, 80e9, 4096, 4096, 4)
+    plan = memory.memory_plan(s, 8, gen, 4096, 4096, 4)
     assert gen >= 16 and max(plan.values()) <= 80e9 * 0.9
-    assert bench.memory_plan(s, 8, gen + 1, 4096, 4096, 4)["rollout"] > 80e9 * 0.9
+    assert memory.memory_plan(s, 8, gen + 1, 4096, 4096, 4)["rollout"] > 80e9 * 0.9
 
 # ---- plot.py: curves and credit heatmaps
 
@@ -1435,13 +1464,13 @@ def test_plot_read_metrics(tmp_path):
     assert plot.read_metrics(str(tmp_path / "a" / "metrics.jsonl"))[1]["step"] == 1  # the file itself
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 0}\n{"step": 1, oops\n')
-    with pytest.raises(SystemExit) as e:
+    with pytest.raises(UserError) as e:
         plot.read_metrics(str(bad))
-    assert str(e.value).startswith(f"error: {bad}:2:") and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"{bad}:2:") and "\n" not in str(e.value)
     bad.write_text('{"step": 0}\n[1, 2]\n')
-    with pytest.raises(SystemExit, match=r"error: .*:2: not a JSON object"):
+    with pytest.raises(UserError, match=r".*:2: expected a JSON object"):
         plot.read_metrics(str(bad))
-    with pytest.raises(SystemExit, match="error: .*no such run directory"):
+    with pytest.raises(UserError, match=".*no such run directory"):
         plot.read_metrics(str(tmp_path / "missing"))
 
 
@@ -1577,7 +1606,7 @@ def test_pairs_rows_are_well_formed_and_only_the_whole_answer_scores():
 
 
 def test_pairs_tokenizer_gives_one_token_per_answer_digit():
-    tok = train.toy_tokenizer("pairs")
+    tok = toy.text_tokenizer("pairs")
     ids = tok("<answer>9597</answer>", add_special_tokens=False)["input_ids"]
     assert [tok.decode([i]) for i in ids] == ["<answer>", "9", "5", "9", "7", "</answer>"]
     ids = tok(toy.pairs(random.Random(0))["question"], add_special_tokens=False)["input_ids"]
@@ -1619,28 +1648,28 @@ def test_pairs_cold_start_teaches_the_format_and_copying_not_the_task():
     torch.set_num_threads(1)  # faster than 2 threads on a busy 2-core machine
     try:
         torch.manual_seed(0)
-        tok = train.toy_tokenizer("pairs")
+        tok = toy.text_tokenizer("pairs")
         model = toy.text_model(tok)
         rows, held = toy.task_data("pairs", 2000, 32, 0)
-        toy.warmup(model, tok, rows, train.student_prompt, train.teacher_prompt, toy.pairs_hint, steps=150, batch=16)
+        toy.warmup(model, tok, rows, toy.pairs_hint, steps=150, batch=16)
         model.eval()
         eos = tok.eos_token_id
 
         def greedy(texts):
-            ids, mask = sample.left_pad([tok(sample.format_prompt(tok, t), add_special_tokens=False)["input_ids"]
+            ids, mask = sample.left_pad([tok(hf.format_prompt(tok, t), add_special_tokens=False)["input_ids"]
                                          for t in texts], eos)
             with torch.no_grad():
                 resp, rmask, _ = sample.generate(model, ids, mask, 10, {eos}, eos, temperature=0)
             ends = [bool((r[m.bool()] == eos).any()) for r, m in zip(resp, rmask)]
             return tok.batch_decode([r[m.bool()] for r, m in zip(resp, rmask)], skip_special_tokens=True), ends
 
-        student, ends = greedy([train.student_prompt(r["question"]) for r in held])
+        student, ends = greedy([rlsd.student_prompt(r["question"]) for r in held])
         assert all(ends) and all(re.fullmatch(r"<answer>[1-9]{4}</answer>", o) for o in student), student
         assert statistics.mean(verify.reward(o, r["answer"]) for o, r in zip(student, held)) < 0.3
         rng = random.Random(5)
         refs = [toy.pairs_hint(r, rng) for r in held]
         assert sum(h != r["answer"] for h, r in zip(refs, held)) >= 28
-        teacher, _ = greedy([train.teacher_prompt(r["question"], h) for r, h in zip(held, refs)])
+        teacher, _ = greedy([rlsd.teacher_prompt(r["question"], h) for r, h in zip(held, refs)])
         assert statistics.mean(verify.extract_answer(o) == h for o, h in zip(teacher, refs)) >= 0.5, teacher
     finally:
         torch.set_num_threads(threads)

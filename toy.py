@@ -10,7 +10,9 @@ import random
 
 import torch
 
-from sample import format_prompt, image_inputs, left_pad, open_image, prompt_ids, rope_positions, tokenizer_of
+from hf import format_prompt, image_inputs, image_only, open_image, prompt_ids, rope_positions, tokenizer_of
+from rlsd import student_prompt, teacher_prompt
+from sample import left_pad
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -79,6 +81,18 @@ def tokenizer(phrases):
     return tok
 
 
+def phrases(task):
+    """The fixed phrases of the prompt templates and of the task's question: one token each."""
+    question = {**TASKS, **VL_TASKS}[task][0](random.Random(0))["question"]
+    text = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), question.split(":")[0]])
+    return text.replace("\0", "\n").split("\n")
+
+
+def text_tokenizer(task="largest"):
+    """The built-in text model's tokenizer for a task: bytes plus one token per fixed phrase."""
+    return tokenizer(phrases(task))
+
+
 def text_config(tok):
     """A 2-layer, 128-wide Qwen2 with tied embeddings."""
     from transformers import Qwen2Config
@@ -107,7 +121,6 @@ def vl_processor(phrases, max_pixels=128 * 128):
     """Tokenizer (bytes, Qwen's special tokens, pad <|endoftext|> != EOS <|im_end|>) + Qwen's image
     processor (16-pixel patches, 2x2 merged into one token) + the chat template, as one processor."""
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLProcessor
-    from sample import image_only
     tok = tokenizer(phrases)
     tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": VL_SPECIALS})
     images = Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2,
@@ -165,8 +178,19 @@ def color_hint(row, rng):
 VL_TASKS = {"color": (color, color_hint)}
 
 
+def spec(model, task):
+    """(processor, config, dtype) of a built-in model: the tiny Qwen2 (model None) or tiny-vl; else None."""
+    if model == "tiny-vl":
+        proc = vl_processor(phrases(task))
+        return proc, vl_config(proc), torch.float32
+    if model is None:
+        tok = text_tokenizer(task)
+        return tok, text_config(tok), torch.float32
+    return None
+
+
 # ----------------------------------------------------------------------------- the cold start
-def warmup(model, proc, rows, student_prompt, teacher_prompt, hint, steps=600, batch=64, lr=3e-3):
+def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
     """Format cold start, supervised, with h = hint(row): a plausible reference, not the answer
     (so no task skill is taught):
         student prompt                  -> <answer>h</answer>   (the format, a guess)

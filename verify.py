@@ -74,10 +74,8 @@ CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...]
                                       file prints one "error: FILE:LINE: ..." line and exits 2)
 """
 import argparse
-import json
 import math
 import re
-import sys
 from fractions import Fraction
 
 MAX_ANSWER = 1000  # a longer extracted answer is compared as plain text only
@@ -739,36 +737,20 @@ def reward(response, answer, options=None):
         return 0.0
 
 
-def _fail(message):
-    """Print one error line and exit 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def _score_jsonl(path):
-    """(correct, total) over the rows of a JSONL file; one error line and exit 2 on a bad row."""
+    """(correct, total) over the {response, answer[, options]} rows of a JSONL file."""
+    from cli import UserError, read_jsonl  # the CLI's only import beyond the standard library
     total = correct = 0
-    try:
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    _fail(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    correct += reward(row["response"], str(row["answer"]), row.get("options"))
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    _fail(f"{path}:{n}: need a JSON object with response and answer ({e})")
-                total += 1
-    except OSError as e:
-        _fail(f"{path}: cannot read ({e.strerror})")
+    for n, row in read_jsonl(path):
+        if "response" not in row or "answer" not in row:
+            raise UserError(f"{path}:{n}: need a JSON object with response and answer")
+        correct += reward(row["response"], str(row["answer"]), row.get("options"))
+        total += 1
     return correct, total
 
 
 def main():
+    from cli import UserError, fail
     p = argparse.ArgumentParser(description="Score a response against a reference answer (1 or 0).")
     p.add_argument("response", nargs="?")
     p.add_argument("answer", nargs="?")
@@ -776,7 +758,10 @@ def main():
     p.add_argument("--jsonl", help="file of {response, answer[, options]} rows")
     args = p.parse_args()
     if args.jsonl:
-        correct, total = _score_jsonl(args.jsonl)
+        try:
+            correct, total = _score_jsonl(args.jsonl)
+        except UserError as e:
+            fail(str(e))
         print(f"accuracy {correct / max(total, 1):.4f} ({int(correct)}/{total})")
         return
     if args.response is None or args.answer is None:

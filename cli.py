@@ -1,0 +1,64 @@
+"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL reader.
+
+Library code raises `UserError` with a one-line message (naming the file and line, or the flag);
+only an entry point, wrapped in `@entry_point`, turns it into `error: ...` on stderr and exit code 2.
+No torch here: verify.py and plot.py use it too.
+"""
+import functools
+import json
+import os
+import sys
+import time
+
+
+class UserError(Exception):
+    """Something the user can fix (a data row, a flag, a path, a setting); the message is one line."""
+
+
+def fail(msg):
+    """`error: msg` on stderr (rank 0 only, under torchrun), exit code 2. Under torchrun the same line
+    goes to its error file, so that torchrun's failure summary shows it instead of a traceback."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"error: {msg}", file=sys.stderr)
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
+            json.dump({"message": {"message": f"error: {msg}", "extraInfo": {"py_callstack": f"error: {msg}",
+                                                                             "timestamp": str(int(time.time()))}}}, f)
+    sys.exit(2)
+
+
+def entry_point(main):
+    """Decorate a command's main(): a UserError becomes its one line and exit code 2."""
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+    return run
+
+
+def read_jsonl(path):
+    """[(line number, object)] of a JSONL file: UTF-8 (a byte-order mark is fine), blank lines skipped,
+    every line a JSON object. Raises UserError naming the file and line."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    rows = []
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object")
+        rows.append((n, row))
+    return rows

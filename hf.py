@@ -1,0 +1,182 @@
+"""Hugging Face glue: model classes, processors, chat template, image inputs, positions.
+
+Text models load with AutoModelForCausalLM and AutoTokenizer; a model whose config has a vision config
+(Qwen3-VL, Qwen2.5-VL) with AutoModelForImageTextToText and its processor (tokenizer + image processor
++ chat template). Positions: cumsum of the attention mask for text (left padding), the model's own
+3-D M-RoPE positions (get_rope_index) for a Qwen-VL model.
+"""
+import json
+import os
+
+import torch
+
+from cli import UserError
+
+
+# ----------------------------------------------------------------------------- models and processors
+def is_vision_model(config):
+    return getattr(config, "vision_config", None) is not None
+
+
+def model_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    return AutoModelForImageTextToText if is_vision_model(config) else AutoModelForCausalLM
+
+
+def tokenizer_of(proc):
+    return getattr(proc, "tokenizer", proc)
+
+
+def check_model(name, flag):
+    """A model dir with a config.json, or a hub id (in the local cache when HF_HUB_OFFLINE is set)."""
+    if name in (None, "tiny-vl"):
+        return
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise UserError(f"{flag} {name}: a directory without config.json (not a saved model)")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0]):
+        raise UserError(f"{flag} {name}: no such directory")
+    from huggingface_hub import constants, try_to_load_from_cache
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise UserError(f"{flag} {name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+
+
+def load_spec(path, trust_remote_code=False):
+    """(processor, config, dtype of its saved weights) of a hub id or model dir; no weights loaded."""
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    dtype = config.dtype if isinstance(config.dtype, torch.dtype) else getattr(torch, config.dtype or "float32")
+    return load_processor(path, trust_remote_code), config, dtype
+
+
+def image_only(cls):
+    """A processor class like `cls` but without its video processor: transformers' processors require
+    every sub-processor they declare, and the Qwen-VL video processors need torchvision, which this
+    project does not use. It keeps the stock name, so the saved files name the stock class."""
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    return type(cls.__name__, (cls,), {"__init__": __init__})
+
+
+def load_processor(path, trust_remote_code=False):
+    """The tokenizer of a text model; the processor (tokenizer + image processor) of a VLM."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if not is_vision_model(config):
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])).from_pretrained(path)
+
+
+# The video processor each image-only Qwen-VL processor stands in for, and the hub's settings for it that
+# differ from the image processor's (Qwen2(.5)-VL's video processor takes the image sizes).
+VIDEO_PROCESSORS = {"Qwen3VLProcessor": ("Qwen3VLVideoProcessor", {"shortest_edge": 4096, "longest_edge": 25165824}),
+                    "Qwen2_5_VLProcessor": ("Qwen2VLVideoProcessor", None),
+                    "Qwen2VLProcessor": ("Qwen2VLVideoProcessor", None)}
+
+
+def write_video_config(proc, directory):
+    """video_preprocessor_config.json beside a saved image-only processor, so that where torchvision is
+    installed AutoProcessor.from_pretrained(directory) loads the stock processor (it requires a video
+    processor). Only JSON is written; patching and normalization are the image processor's."""
+    if type(proc).__name__ not in VIDEO_PROCESSORS or not hasattr(proc, "image_processor"):
+        return
+    kind, size = VIDEO_PROCESSORS[type(proc).__name__]
+    image = proc.image_processor
+    config = {"video_processor_type": kind, "processor_class": type(proc).__name__,
+              "size": size or {k: image.size[k] for k in ("shortest_edge", "longest_edge")},
+              **{k: getattr(image, k) for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean",
+                                                  "image_std") if getattr(image, k, None) is not None}}
+    with open(os.path.join(directory, "video_preprocessor_config.json"), "w") as f:
+        json.dump(config, f, indent=2, default=list)
+
+
+def eos_token_ids(model, tokenizer):
+    """Every id that ends a response: the tokenizer's EOS and the model's generation_config EOS ids."""
+    ids = {tokenizer_of(tokenizer).eos_token_id}
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids |= set(extra if isinstance(extra, (list, tuple)) else [extra])
+    return {i for i in ids if i is not None}
+
+
+def vision_token_ids(config):
+    """The image/video placeholder and delimiter ids of a VLM (none for a text model)."""
+    names = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return [i for i in (getattr(config, n, None) for n in names) if i is not None] if is_vision_model(config) else []
+
+
+# ----------------------------------------------------------------------------- prompts and images
+def format_prompt(proc, text, n_images=0, **template_kwargs):
+    """One user turn through the chat template (the raw text if there is none). `<image>` in `text`
+    marks where each of the n_images images goes; with no marker the images come first."""
+    if not getattr(proc, "chat_template", None):
+        return text
+    content = text
+    if n_images:
+        parts = text.split("<image>") if "<image>" in text else [""] * n_images + [text]
+        content = []
+        for i, part in enumerate(parts):
+            if i:
+                content.append({"type": "image"})
+            if part:
+                content.append({"type": "text", "text": part})
+    return proc.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                    add_generation_prompt=True, **template_kwargs)
+
+
+def image_token_counts(proc, sizes):
+    """Tokens each image of size (width, height) becomes in the prompt, from the image processor's resize."""
+    ip = proc.image_processor
+    return [ip.get_number_of_image_patches(h, w, {}) // ip.merge_size ** 2 for w, h in sizes]
+
+
+def prompt_ids(proc, text, image_sizes=()):
+    """Token ids of a formatted prompt, each image placeholder repeated once per image token."""
+    if image_sizes:
+        pieces = text.split(proc.image_token)
+        if len(pieces) != len(image_sizes) + 1:
+            raise ValueError(f"{len(pieces) - 1} image placeholders for {len(image_sizes)} images")
+        counts = image_token_counts(proc, image_sizes) + [0]
+        text = "".join(p + proc.image_token * n for p, n in zip(pieces, counts))
+    return tokenizer_of(proc)(text, add_special_tokens=False)["input_ids"]
+
+
+def open_image(item):
+    """A PIL image, RGB, from a path or an image."""
+    from PIL import Image
+    return (Image.open(item) if isinstance(item, str) else item).convert("RGB")
+
+
+def image_inputs(proc, images, device):
+    """pixel_values and image_grid_thw of a batch's images in prompt order ({} when there are none)."""
+    if not images:
+        return {}
+    out = proc.image_processor(images=images, return_tensors="pt")
+    return {"pixel_values": out["pixel_values"].to(device), "image_grid_thw": out["image_grid_thw"].to(device)}
+
+
+def cat_images(items):
+    """One batch's image inputs from per-row ones (image_inputs of each row), in row order."""
+    items = [i for i in items if i]
+    return {k: torch.cat([i[k] for i in items]) for k in items[0]} if items else {}
+
+
+# ----------------------------------------------------------------------------- positions
+def position_ids(mask):
+    """Positions that ignore left padding: cumsum(mask) - 1, clamped at 0 on the pads. [B, L]."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def rope_positions(model, ids, mask, image_grid_thw=None, prompt_len=None):
+    """Position ids of a left-padded batch ids/mask [B, L]: position_ids(mask) for a text model; for a
+    Qwen-VL model its own 3-D M-RoPE positions [3, B, L] (get_rope_index): an image's tokens take
+    (t, row, column) positions and the text after it continues from the largest. Columns from
+    `prompt_len` on hold a response, which is text whatever its ids."""
+    if not is_vision_model(model.config):
+        return position_ids(mask)
+    types = (ids == model.config.image_token_id).long()  # 1 image, 0 text (mm_token_type_ids)
+    if prompt_len is not None:
+        types[:, prompt_len:] = 0
+    return model.model.get_rope_index(ids, types, image_grid_thw=image_grid_thw, attention_mask=mask)[0]

@@ -1,0 +1,145 @@
+"""Process group and FSDP2: what makes one training loop run on 1 CPU process or many GPUs.
+
+build_sharded builds a model on the meta device, shards every transformer block and the root with
+fully_shard, and fills it from rank 0's weights by broadcast (host memory holds one full copy);
+gathered() keeps parameters gathered for a rollout or a no-grad pass, so that no collective runs
+inside the decode loop.
+"""
+import contextlib
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+
+def setup_distributed(timeout_min=60):
+    """Process group from torchrun's env (or a 1-process group for plain `python train.py`). The timeout
+    bounds how long a rank waits at a collective, e.g. for a slower rank's rollout."""
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+@contextlib.contextmanager
+def params_on_meta():
+    """Build modules with their parameters on the meta device (no memory) and their buffers for real,
+    so that buffers computed at construction (rotary inv_freq, not in any checkpoint) stay right."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":  # a tied parameter is already meta
+            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_ckpt=False):
+    """The model every rank trains: built on the meta device, sharded, then filled from rank 0's
+    full state dict (`full_state`, {} on the other ranks), one tensor at a time, by broadcast. Host
+    memory holds one full copy (rank 0's), whatever the number of processes."""
+    with params_on_meta():
+        model = make_model().to(dtype)
+    buffers = dict(model.named_buffers())  # real tensors, computed at construction
+    if grad_ckpt:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    shard(model, device, mixed_precision)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, b in buffers.items():
+            model.get_buffer(name).copy_(b)
+    set_model_state_dict(model, dict(full_state),  # (it edits the dict it is given)
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def shard(model, device, mixed_precision):
+    """FSDP2: fully_shard every transformer block (model._no_split_modules) and then the root."""
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
+    kw = {"mesh": mesh, **({"mp_policy": mp} if mp else {})}
+    block_names = set(getattr(model, "_no_split_modules", None) or [])
+    for m in list(model.modules()):
+        if type(m).__name__ in block_names:
+            fully_shard(m, **kw)
+    fully_shard(model, **kw)
+    return model
+
+
+def keep_vision_in_step(model):
+    """FSDP all-gathers each vision block as it runs: a rank whose micro-batch has no image would skip
+    those collectives and leave the others waiting. So in training mode a forward without images runs
+    the vision tower on a blank 2x2-patch image, adding 0 x its output to the result: every rank runs
+    the tower once per forward. (Rollout and teacher pass keep all weights gathered: no collectives.)"""
+    inner, vc = model.model, model.config.vision_config
+    size, merge = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, vc.spatial_merge_size
+
+    def tensors(x):
+        if torch.is_tensor(x):
+            yield x
+        elif isinstance(x, (dict, list, tuple)):
+            for v in (x.values() if isinstance(x, dict) else x):
+                yield from tensors(v)
+
+    def run_blank(module, args, kwargs):
+        if module.training and kwargs.get("pixel_values") is None:
+            device = kwargs["input_ids"].device
+            out = module.visual(torch.zeros(merge * merge, size, device=device),
+                                grid_thw=torch.tensor([[1, merge, merge]], device=device))
+            module.blank_vision = sum(t.float().sum() for t in tensors(out)) * 0
+
+    def add_zero(module, args, kwargs, out):
+        if getattr(module, "blank_vision", None) is not None:
+            out.last_hidden_state = out.last_hidden_state + module.blank_vision
+            module.blank_vision = None
+        return out
+
+    inner.register_forward_pre_hook(run_blank, with_kwargs=True)
+    inner.register_forward_hook(add_zero, with_kwargs=True)
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """Keep every FSDP parameter gathered (rollout, no_grad passes): the decode loop then runs no
+    collective, so ranks may stop decoding at different steps. Resharded on exit."""
+    mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in mods:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:  # as fully_shard set them: the root keeps its parameters from forward to backward
+            m.set_reshard_after_forward(m is not model, recurse=False)
+        reshard(model)
+
+
+def reshard(model):
+    """Free gathered parameters. FSDP keeps the root's parameters gathered after a forward (it
+    expects a backward); a no-grad-only module like the teacher must be resharded by hand."""
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def all_reduce_sum(values, device):
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()

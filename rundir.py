@@ -1,0 +1,270 @@
+"""The run directory (--out): metrics.jsonl, args.json, credit.jsonl, checkpoint-N/ and final/; resuming a
+stopped run, and stopping on a signal.
+
+The loop sees one object: `Run(...)` before the first step (a new run, or a stopped one restored:
+weights, optimizer, teacher, RNG states, data order), then `run.end_step(...)` after each step (its
+metrics line; a checkpoint every --save_every steps, or at once when a stop was requested), then
+`run.finish()` (the final model, or the line that says how to resume).
+
+A checkpoint is a Hugging Face model directory that from_pretrained loads with no project code, plus
+in trainer/ what --resume needs: the sharded fp32 weights, optimizer state and teacher
+(torch.distributed.checkpoint), every rank's RNG states, and state.json (step, data order, settings).
+It is written to NAME.tmp and renamed when complete, so an interrupted save leaves the earlier ones.
+"""
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+
+from cli import UserError
+from hf import write_video_config
+from parallel import all_reduce_sum
+from rlsd import log_evidence_weight
+
+RUN_FILES = ("metrics.jsonl", "args.json", "credit.jsonl", "final")  # and checkpoint-N
+
+
+# ----------------------------------------------------------------------------- before anything is loaded
+def check_out(out, resume, overwrite):
+    """--out is a writable directory and holds no other run unless --resume or --overwrite."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file, not a directory")
+    earlier = sorted(n for n in (os.listdir(out) if os.path.isdir(out) else [])
+                     if n in ("metrics.jsonl", "args.json", "final") or n.startswith("checkpoint-"))
+    if earlier and not (resume or overwrite):
+        listed = ", ".join(earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise UserError(f"--out {out} holds another run ({listed}): --resume continues it, --overwrite replaces it")
+    probe = os.path.join(out, f".write-test-{os.environ.get('RANK', '0')}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--out {out} is not writable ({e.strerror})") from None
+
+
+def find_checkpoint(resume, out):
+    """--resume: the latest complete checkpoint-N in out ("latest"), or the given one."""
+    if resume == "latest":
+        steps = [int(n.split("-")[1]) for n in (os.listdir(out) if os.path.isdir(out) else [])
+                 if re.fullmatch(r"checkpoint-\d+", n) and os.path.isfile(os.path.join(out, n, "trainer/state.json"))]
+        if not steps:
+            raise UserError(f"--resume: no complete checkpoint in {out} (runs save them with --save_every N)")
+        return os.path.join(out, f"checkpoint-{max(steps)}")
+    if not os.path.isfile(os.path.join(resume, "trainer", "state.json")):
+        raise UserError(f"--resume {resume}: not a complete checkpoint (no trainer/state.json)")
+    return resume
+
+
+def saved_state(path):
+    """trainer/state.json of a checkpoint: step, order, bad, args, id."""
+    with open(os.path.join(path, "trainer", "state.json")) as f:
+        return json.load(f)
+
+
+def fingerprint(path):
+    """sha1 of a data file, to tell when --resume is given different data."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def run_id(model, data, eval_data, world):
+    """What must not change across a resume: the model, the data files' content, the process count."""
+    return {"model": model, "data": fingerprint(data), "eval_data": fingerprint(eval_data), "world": world}
+
+
+def check_same_run(path, this_id):
+    """A one-line UserError saying what differs between the checkpoint's run and this one."""
+    saved = saved_state(path)["id"]
+    for k in this_id:
+        if this_id[k] != saved[k]:
+            what = {"world": "processes", "model": "--model"}.get(k, f"--{k} (its content)")
+            raise UserError(f"--resume: {what} differs from the stopped run's ({saved[k]} then, {this_id[k]} now)"
+                            if k in ("world", "model") else f"--resume: {what} differs from the stopped run's")
+
+
+# ----------------------------------------------------------------------------- stop requests
+STOP = {}  # when the first SIGINT/SIGTERM came
+
+
+def on_signal(signum, frame):
+    """First signal: stop after the step in progress (and save). torchrun relays a signal it gets to
+    its workers, so one within 3 s of the first is the same request; a later one exits at once."""
+    if "at" in STOP and time.time() - STOP["at"] > 3:
+        print(f"\n{signal.Signals(signum).name} again: exiting now, nothing saved", file=sys.stderr, flush=True)
+        os._exit(130)
+    STOP.setdefault("at", time.time())
+
+
+def catch_stop_signals():
+    """A stop request (SIGINT, SIGTERM) is honoured between steps: see Run.end_step."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
+    """The model directory at `path`, and with `state` (teacher, opt, gen, info) the training state in
+    path/trainer. Every rank gathers and writes its shard; rank 0 writes the rest."""
+    tmp = path + ".tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        if getattr(model.config, "tie_word_embeddings", False):
+            sd.pop("lm_head.weight", None)  # tied to the input embedding; from_pretrained re-ties it
+        save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"),
+                  metadata={"format": "pt"})
+        config = copy.deepcopy(model.config)
+        config.architectures = [arch]  # the original class, not the FSDP wrapper
+        config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
+        write_video_config(proc, tmp)
+    if state is not None:
+        sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, state["opt"])}
+        if state["teacher"] is not None:
+            sharded["teacher"] = get_model_state_dict(state["teacher"])
+        dcp.save(sharded, checkpoint_id=os.path.join(tmp, "trainer"))
+        save_file(rng_states(state["gen"]), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
+        if rank == 0:
+            with open(os.path.join(tmp, "trainer", "state.json"), "w") as f:
+                json.dump(state["info"], f)
+    dist.barrier()
+    if rank == 0:
+        if os.path.exists(path):  # (only "final" is ever rewritten)
+            os.replace(path, path + ".old")
+            shutil.rmtree(path + ".old")
+        os.replace(tmp, path)
+    dist.barrier()
+
+
+def rng_states(gen):
+    states = {"torch": torch.get_rng_state(), "sampler": gen.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def load_checkpoint(path, model, teacher, opt, gen, rank):
+    """Restore what save_checkpoint(..., state) wrote; returns its info."""
+    sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    if teacher is not None:
+        sharded["teacher"] = get_model_state_dict(teacher)
+    dcp.load(sharded, checkpoint_id=os.path.join(path, "trainer"))
+    set_model_state_dict(model, sharded["model"])
+    set_optimizer_state_dict(model, opt, sharded["optim"])
+    if teacher is not None:
+        set_model_state_dict(teacher, sharded["teacher"])
+    rng = load_file(os.path.join(path, "trainer", f"rng-{rank}.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    gen.set_state(rng["sampler"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"])
+    return saved_state(path)
+
+
+def prune(out, keep_last):
+    """Delete all but the keep_last newest checkpoint-N dirs (0 keeps all)."""
+    steps = sorted(int(n.split("-")[1]) for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n))
+    for s in steps[:-keep_last] if keep_last else []:
+        shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the run, as the loop sees it
+class Run:
+    """--out of one run. After construction: start (the first step to run), order (the data order
+    still to use) and bad (non-finite steps in a row), from the checkpoint when resuming."""
+
+    def __init__(self, args, this_id, model, teacher, opt, gen, proc, arch, save_dtype, rank, world):
+        self.args, self.id, self.rank, self.world = args, this_id, rank, world
+        self.model, self.teacher, self.opt, self.gen = model, teacher, opt, gen
+        self.proc, self.arch, self.dtype = proc, arch, save_dtype
+        self.start, self.order, self.bad, self.stopped_at = 1, [], 0, None
+        metrics = os.path.join(args.out, "metrics.jsonl")
+        if rank == 0:
+            if args.overwrite:  # the earlier run's files go; nothing of it is mixed with this one
+                for n in os.listdir(args.out):
+                    if n in RUN_FILES or n.startswith("checkpoint-"):
+                        p = os.path.join(args.out, n)
+                        shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
+            with open(os.path.join(args.out, "args.json"), "w") as f:
+                json.dump(vars(args), f, indent=1)
+        if args.resume:  # weights, optimizer, teacher, RNG states, data order, step
+            info = load_checkpoint(args.resume, model, teacher, opt, gen, rank)
+            self.start, self.order, self.bad = info["step"] + 1, info["order"], info["bad"]
+            if rank == 0:  # keep the history up to the checkpoint; what came after is redone
+                with open(metrics) as f:
+                    kept = [line for line in f if json.loads(line)["step"] < self.start]
+                with open(metrics, "w") as f:
+                    f.writelines(kept)
+        self.log = open(metrics, "a") if rank == 0 else None
+
+    def write(self, rec):
+        """One line of metrics.jsonl (rank 0)."""
+        if self.log:
+            self.log.write(json.dumps(rec) + "\n")
+            self.log.flush()
+
+    def checkpoint(self, step, order, bad):
+        info = {"step": step, "order": order, "bad": bad, "args": vars(self.args), "id": self.id}
+        save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
+                        self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
+        if self.rank == 0:
+            prune(self.args.out, self.args.keep_last)
+
+    def end_step(self, step, rec, order, bad):
+        """After a step: its metrics line; a checkpoint every --save_every steps. A stop request on any
+        rank makes every rank save here and returns True: the loop ends."""
+        self.write(rec)
+        device = next(self.model.parameters()).device
+        stop = all_reduce_sum([float("at" in STOP)], device)[0] > 0  # any rank signalled: all stop here
+        if stop or (self.args.save_every and step % self.args.save_every == 0):
+            self.checkpoint(step, order, bad)
+        if stop:
+            self.stopped_at = step
+        return stop
+
+    def finish(self):
+        """The final model dir, or after a stop the line with the resume command. Returns the exit code."""
+        if self.log:
+            self.log.close()
+        out = self.args.out
+        if self.stopped_at is None:
+            save_checkpoint(self.model, self.proc, os.path.join(out, "final"), self.arch, self.dtype, self.rank)
+            return 0
+        if self.rank == 0:
+            cmd = f"torchrun --nproc_per_node={self.world} train.py" if self.world > 1 else "python train.py"
+            print(f"stopped after step {self.stopped_at}: checkpoint in "
+                  f"{os.path.join(out, f'checkpoint-{self.stopped_at}')}; resume with: {cmd} --resume --out {out}",
+                  file=sys.stderr, flush=True)
+        return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 130  # (torchrun reports non-zero as a failure)
+
+
+def write_credit(path, step, tok, refs, resp, resp_mask, rewards, adv, delta, n):
+    """Append the per-token Delta_t and w_t = exp(sign(A) Delta_t) of the first n responses to path."""
+    with open(path, "a", encoding="utf-8") as f:
+        for i in range(min(n, len(refs))):
+            m = resp_mask[i].bool()
+            d = delta[i][m]
+            f.write(json.dumps({"step": step, "question": refs[i]["question"], "answer": refs[i]["answer"],
+                                "reward": rewards[i].item(), "advantage": adv[i].item(),
+                                "tokens": [tok.decode([t]) for t in resp[i][m].tolist()], "delta": d.tolist(),
+                                "weight": log_evidence_weight(adv[i], d).exp().tolist()}, ensure_ascii=False) + "\n")
