@@ -9,21 +9,26 @@
 2. step: seconds per training step split into rollout / teacher / update, for rlsd while lam > 0,
    rlsd once lam = 0 and grpo, on the same rollout.
 3. memory: peak memory per process of each phase, 1 vs 2 processes, next to the plan of 4.
-4. plan: bytes per GPU of each phase from a model config (a few known presets ship here), and the
+4. plan: bytes per GPU of each phase from a model config (memory.py; a few known presets ship there), and the
    largest generate batch that fits.
 On a GPU, 1 also reports decode memory bandwidth as a share of the device's peak and 2 the update's MFU.
 """
 import argparse
 import os
 import socket
-import sys
 import time
 
 import torch
+import torch.distributed as dist
 
+import data
+import parallel
+import rlsd
 import sample
-from memory import GiB, PRESETS, kv_bytes_per_token, largest_gen_batch, memory_plan, n_params, shape_of
+import toy
+import train
 from logprobs import CHUNK
+from memory import GiB, PRESETS, kv_bytes_per_token, largest_gen_batch, memory_plan, n_params, shape_of
 
 # ----------------------------------------------------------------------------- 4. the memory plan
 def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch=None):
@@ -104,11 +109,6 @@ def peak_bandwidth(device):
 
 # ----------------------------------------------------------------------------- 2. the training step
 def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
-    import data
-    import parallel
-    import rlsd
-    import toy
-    import train
     tok = toy.text_tokenizer()
     torch.manual_seed(0)
     source = toy.text_model(tok).state_dict()
@@ -176,10 +176,6 @@ def memory_config():
 
 def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_batch):
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # (set before spawn too) freed tensors leave the RSS
-    import torch.distributed as dist
-    import parallel
-    import rlsd
-    import train
     from transformers import Qwen3ForCausalLM
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -257,8 +253,6 @@ def main():
         print_plan(args.plan, args.gpus, args.gpu_mem, args.prompt_len, args.response_len, args.micro_batch,
                    args.gen_batch)
         return
-    import torch.distributed as dist
-    import parallel
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if not dist.is_initialized():
         parallel.setup_distributed()

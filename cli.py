@@ -39,14 +39,14 @@ def entry_point(main):
 
 
 def read_jsonl(path):
-    """[(line number, object)] of a JSONL file: UTF-8 (a byte-order mark is fine), blank lines skipped,
-    every line a JSON object. Raises UserError naming the file and line."""
+    """Yield (line number, object) for each line of a JSONL file: UTF-8 (a byte-order mark is fine),
+    blank lines skipped, every line a JSON object. Raises UserError naming the file and line, when the
+    reader reaches it (the caller's own checks of earlier rows come first)."""
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
-    rows = []
     for n, raw in enumerate(lines, 1):
         try:
             line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
@@ -60,5 +60,4 @@ def read_jsonl(path):
             raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object")
-        rows.append((n, row))
-    return rows
+        yield n, row

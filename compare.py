@@ -13,7 +13,6 @@ step at which the seed-mean accuracy reaches GRPO's final one, the leak rate; an
 means against step).
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess

@@ -16,7 +16,6 @@ shows on hover (HTML) and under each token.
 import argparse
 import functools
 import html
-import json
 import math
 import os
 import statistics

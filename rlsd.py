@@ -2,14 +2,14 @@
 
 The steps, in the paper's order:
   3. group_advantages       A_i   = (r_i - mean(r)) / (std(r) + eps)        per group of G
+  4. teacher_prompt         the teacher's privileged context: the question and the reference answer
   -  token_logprobs         log p(y_t) from logits, at the sampling temperature
-  7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)   (decay_steps = 0: constant)
   6. log_evidence_weight    log w_t = sign(A_i) * Delta_t,  Delta_t = log p_T(y_t) - log p_S(y_t)
+  7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)   (decay_steps = 0: constant)
   5-8. rlsd_token_advantages Â_t  = A_i * ((1 - lam) + lam * clip(exp(sign(A_i) * Delta_t), 1 - eps_w, 1 + eps_w))
   9. policy_loss            PPO clipped surrogate, token mean over the global batch
   -  generalized_jsd        the OPSD baseline's per-token divergence (teacher vs student distributions)
-  -  student_prompt, teacher_prompt, leaked   RLSD's prompts: the teacher's privileged context, and
-                            whether a student response gives that context away
+  -  student_prompt, leaked the student's prompt; does a student response give the teacher's context away
 
 Shapes: N responses, T response tokens (right-padded). `mask` is 1 on real response tokens (EOS
 included) and 0 on padding. No I/O, no models, no ranks: copy this file into any trainer.
@@ -44,6 +44,14 @@ def token_logprobs(logits, tokens, temperature=1.0):
     return picked - torch.logsumexp(logits, dim=-1)  # [N, T]
 
 
+def log_evidence_weight(adv, delta):
+    """log w_t = sign(A_i) * Delta_t: the direction-aware evidence weight (step 6), in log space.
+
+    adv: [N] (or a scalar), delta: [N, T] (or [T]). exp() of it is w_t, always > 0; > 1 where the
+    teacher backs a rewarded token more than the student does, or a penalised token less."""
+    return torch.sign(adv).unsqueeze(-1) * delta
+
+
 def lam_schedule(step, lam0=0.5, decay_steps=50):
     """lam(step) = lam0 * max(0, 1 - step / decay_steps): linear from lam0 at step 0 to 0 at decay_steps.
 
@@ -52,14 +60,6 @@ def lam_schedule(step, lam0=0.5, decay_steps=50):
     if decay_steps <= 0:
         return lam0
     return lam0 * max(0.0, 1.0 - step / decay_steps)
-
-
-def log_evidence_weight(adv, delta):
-    """log w_t = sign(A_i) * Delta_t: the direction-aware evidence weight (step 6), in log space.
-
-    adv: [N] (or a scalar), delta: [N, T] (or [T]). exp() of it is w_t, always > 0; > 1 where the
-    teacher backs a rewarded token more than the student does, or a penalised token less."""
-    return torch.sign(adv).unsqueeze(-1) * delta
 
 
 def rlsd_token_advantages(adv, logp_teacher, logp_student, mask, lam, eps_w=0.2):

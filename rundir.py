@@ -33,8 +33,6 @@ from hf import write_video_config
 from parallel import all_reduce_sum
 from rlsd import log_evidence_weight
 
-RUN_FILES = ("metrics.jsonl", "args.json", "credit.jsonl", "final")  # and checkpoint-N
-
 
 # ----------------------------------------------------------------------------- before anything is loaded
 def check_out(out, resume, overwrite):
@@ -143,7 +141,9 @@ def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
         if state["teacher"] is not None:
             sharded["teacher"] = get_model_state_dict(state["teacher"])
         dcp.save(sharded, checkpoint_id=os.path.join(tmp, "trainer"))
-        save_file(rng_states(state["gen"]), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
+        rng = {"torch": torch.get_rng_state(), "sampler": state["gen"].get_state(),
+               **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+        save_file(rng, os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
         if rank == 0:
             with open(os.path.join(tmp, "trainer", "state.json"), "w") as f:
                 json.dump(state["info"], f)
@@ -154,13 +154,6 @@ def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
             shutil.rmtree(path + ".old")
         os.replace(tmp, path)
     dist.barrier()
-
-
-def rng_states(gen):
-    states = {"torch": torch.get_rng_state(), "sampler": gen.get_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state()
-    return states
 
 
 def load_checkpoint(path, model, teacher, opt, gen, rank):
@@ -202,7 +195,7 @@ class Run:
         if rank == 0:
             if args.overwrite:  # the earlier run's files go; nothing of it is mixed with this one
                 for n in os.listdir(args.out):
-                    if n in RUN_FILES or n.startswith("checkpoint-"):
+                    if n in ("metrics.jsonl", "args.json", "credit.jsonl", "final") or n.startswith("checkpoint-"):
                         p = os.path.join(args.out, n)
                         shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
             with open(os.path.join(args.out, "args.json"), "w") as f:
@@ -223,13 +216,6 @@ class Run:
             self.log.write(json.dumps(rec) + "\n")
             self.log.flush()
 
-    def checkpoint(self, step, order, bad):
-        info = {"step": step, "order": order, "bad": bad, "args": vars(self.args), "id": self.id}
-        save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
-                        self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
-        if self.rank == 0:
-            prune(self.args.out, self.args.keep_last)
-
     def end_step(self, step, rec, order, bad):
         """After a step: its metrics line; a checkpoint every --save_every steps. A stop request on any
         rank makes every rank save here and returns True: the loop ends."""
@@ -237,7 +223,11 @@ class Run:
         device = next(self.model.parameters()).device
         stop = all_reduce_sum([float("at" in STOP)], device)[0] > 0  # any rank signalled: all stop here
         if stop or (self.args.save_every and step % self.args.save_every == 0):
-            self.checkpoint(step, order, bad)
+            info = {"step": step, "order": order, "bad": bad, "args": vars(self.args), "id": self.id}
+            save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
+                            self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
+            if self.rank == 0:
+                prune(self.args.out, self.args.keep_last)
         if stop:
             self.stopped_at = step
         return stop

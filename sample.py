@@ -20,7 +20,6 @@ from functools import partial
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-import plot
 from cli import UserError, entry_point
 from data import load_jsonl
 from hf import (eos_token_ids, format_prompt, image_inputs, load_spec, model_class, open_image, prompt_ids,
@@ -185,11 +184,12 @@ def token_credit(model, proc, question, reference, resp, resp_mask, images):
         logps.append(response_logprobs(model, ids, torch.ones_like(ids), resp, resp_mask, 1.0, **extra)[0])
     r = reward(tok.decode(resp[0][resp_mask[0].bool()], skip_special_tokens=True), reference)
     delta = logps[1] - logps[0]
-    return delta, log_evidence_weight(torch.tensor(1.0 if r else -1.0), delta).exp(), r
+    return delta, log_evidence_weight(torch.tensor(1.0 if r else -1.0, device=delta.device), delta).exp(), r
 
 
 def write_heatmap(path, tok, resp, delta, w, r, question):
     """credit.html and credit.png (same stem) with one coloured cell per response token."""
+    import plot  # (pillow drawing: only this command needs it)
     tokens = [tok.decode([t]) for t in resp.tolist()]
     title = f"{question[:80]} | reward {r:g}: w = exp({'+' if r else '-'}Delta)"
     stem = os.path.splitext(path)[0]

@@ -154,6 +154,33 @@ def test_readme_snippet_runs_and_gives_the_rlsd_loss():
     assert ns["stats"]["w_clip_low_frac"] + ns["stats"]["w_clip_high_frac"] > 0  # the weights are active
 
 
+def test_module_layers_have_no_import_circle_and_nothing_below_train_imports_it():
+    """The project's modules (imports read with ast, also those inside functions): no circle; only the
+    tools bench.py and compare.py may import train.py; rlsd.py imports nothing of the project."""
+    import ast
+    mods = {f[:-3] for f in os.listdir(HERE) if f.endswith(".py") and not f.startswith("test_")}
+    imports = {}
+    for m in mods:
+        tree = ast.parse(open(os.path.join(HERE, m + ".py"), encoding="utf-8").read())
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imports[m] = names | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    graph = {m: names & mods - {m} for m, names in imports.items()}
+    assert {m for m, deps in graph.items() if "train" in deps} <= {"bench", "compare"}
+    assert graph["rlsd"] == set() and "torch" not in imports["verify"] | imports["cli"]
+    done, path = set(), []
+
+    def visit(m):  # depth-first: a module met again on the current path closes a circle
+        assert m not in path, " -> ".join(path + [m])
+        if m not in done:
+            path.append(m)
+            for d in sorted(graph[m]):
+                visit(d)
+            path.pop()
+            done.add(m)
+    for m in sorted(mods):
+        visit(m)
+
+
 def test_policy_gradient_at_rho_one():
     """At rho = 1 the clipped loss has the plain policy gradient -sum(Â grad log p) / N."""
     torch.manual_seed(3)
