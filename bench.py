@@ -4,14 +4,11 @@
     python bench.py --only rollout      # or step, memory
     python bench.py --plan Qwen3-8B --gpus 8 --gpu_mem 80    # 4: per-GPU memory plan, no download
 
-1. rollout: tokens/s of sample.generate vs transformers' model.generate on the same random model,
-   prompts and forced lengths (no EOS), greedy, and whether their outputs are equal.
-2. step: seconds per training step split into rollout / teacher / update, for rlsd while lam > 0,
-   rlsd once lam = 0 and grpo, on the same rollout.
+1. rollout: tokens/s of sample.generate vs model.generate, same random model and prompts, forced lengths, greedy,
+   and whether their outputs are equal; on a GPU also decode bandwidth as a share of the device's peak.
+2. step: seconds per step in rollout / teacher / update, rlsd (lam > 0, lam = 0) vs grpo; on a GPU the update's MFU.
 3. memory: peak memory per process of each phase, 1 vs 2 processes, next to the plan of 4.
-4. plan: bytes per GPU of each phase from a model config (memory.py; a few known presets ship there), and the
-   largest generate batch that fits.
-On a GPU, 1 also reports decode memory bandwidth as a share of the device's peak and 2 the update's MFU.
+4. plan: bytes per GPU of each phase (memory.py and its presets), and the largest generate batch that fits.
 """
 import argparse
 import os
@@ -36,20 +33,28 @@ def print_plan(name, gpus, gpu_mem, prompt_len, resp_len, micro_batch, gen_batch
     gen = largest_gen_batch(s, gpus, gpu_mem * 1e9, prompt_len, resp_len, micro_batch)
     gen_batch = gen_batch or gen
     plan = memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch)
-    P = n_params(s)
+    P, kv = n_params(s), kv_bytes_per_token(s, 2)
     print(f"memory plan: {name} ({P / 1e9:.2f}B parameters) on {gpus} x {gpu_mem:g} GB, prompt {prompt_len} + response "
           f"{resp_len} tokens, micro-batch {micro_batch}, generate batch {gen_batch} (largest that fits: {gen})")
-    kv = kv_bytes_per_token(s, 2)
     print(f"  fp32 weights + AdamW, sharded  {P * 12 / gpus / GiB:7.1f} GiB")
     print(f"  teacher (bf16, sharded)        {P * 2 / gpus / GiB:7.1f} GiB")
     print(f"  gathered weights (bf16)        {P * 2 / GiB:7.1f} GiB   (rollout and teacher pass)")
-    print(f"  KV cache per token per row     {kv / 2 ** 10:7.1f} KiB; {gen_batch} rows x {prompt_len + resp_len} tokens = "
-          f"{gen_batch * (prompt_len + resp_len) * kv / GiB:.1f} GiB")
+    print(f"  KV cache per token per row     {kv / 2 ** 10:7.1f} KiB; {gen_batch} rows x {prompt_len + resp_len} "
+          f"tokens = {gen_batch * (prompt_len + resp_len) * kv / GiB:.1f} GiB")
     print(f"  one logit chunk ({CHUNK} tokens)   {CHUNK * s['vocab'] * 12 / GiB:7.1f} GiB")
     for phase in ("rollout", "teacher", "update"):
         ok = "fits" if plan[phase] <= gpu_mem * 1e9 else "DOES NOT FIT"
         print(f"  peak {phase:8s}                {plan[phase] / GiB:7.1f} GiB   {ok} in {gpu_mem:g} GB")
     return plan, gen
+
+
+def policy_and_teacher(make, device, rank=0, grad_ckpt=False):
+    """The policy, its AdamW and a frozen teacher, sharded, both from rank 0's make() after torch.manual_seed(0)."""
+    torch.manual_seed(0)
+    full = make().state_dict() if rank == 0 else {}  # rank 0's full weights, broadcast to the shards
+    model = parallel.build_sharded(make, full, device, torch.float32, False, grad_ckpt)
+    teacher = parallel.build_sharded(make, full, device, torch.float32, False).eval()
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-5), teacher
 
 
 # ----------------------------------------------------------------------------- 1. rollout
@@ -63,13 +68,13 @@ def small_model(vocab=4096, dtype=torch.float32):
     return Qwen3ForCausalLM(cfg).to(dtype).eval()
 
 
+@torch.no_grad()
 def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
     model = small_model(dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).to(device)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(1, 4096, (int(torch.randint(8, 33, (1,), generator=g)),), generator=g).tolist()
                for _ in range(rows)]
-    ids, mask = sample.left_pad(prompts, 0)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = [t.to(device) for t in sample.left_pad(prompts, 0)]
     print(f"1. rollout: {rows} prompts of 8-32 tokens, forced lengths, greedy, random 4-layer 256-wide Qwen3, {device}")
     for n in lengths:
         ours = lambda: sample.generate(model, ids, mask, n, eos_ids=set(), pad_id=0, temperature=0)[0]
@@ -78,17 +83,13 @@ def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
         best, outs = {}, {}
         for _ in range(reps):  # interleaved, best of reps: the machine's other load hits both alike
             for name, fn in (("sample.py", ours), ("model.generate", hf)):
-                sync(device)
-                t = time.perf_counter()
-                with torch.no_grad():
-                    outs[name] = fn()
-                sync(device)
-                best[name] = min(best.get(name, 1e9), time.perf_counter() - t)
+                t = clock(device)
+                outs[name] = fn()
+                best[name] = min(best.get(name, 1e9), clock(device) - t)
         tps = {k: rows * n / v for k, v in best.items()}
-        same = torch.equal(outs["sample.py"], outs["model.generate"])
         print(f"   {rows} x {n:4d} new tokens: sample.py {tps['sample.py']:8.0f} tok/s   model.generate "
               f"{tps['model.generate']:8.0f} tok/s   ratio {tps['sample.py'] / tps['model.generate']:.2f}x   "
-              f"greedy outputs equal: {same}")
+              f"greedy outputs equal: {torch.equal(*outs.values())}")
         if device.type == "cuda":
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             kv = kv_bytes_per_token(shape_of(model.config), 2) * rows * (ids.shape[1] + n / 2)
@@ -96,27 +97,24 @@ def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
             print(f"   decode bandwidth {bw / 1e9:.0f} GB/s = {bw / peak_bandwidth(device):.0%} of the device's peak")
 
 
-def sync(device):
+def clock(device):
+    """time.perf_counter() once the device has done its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def peak_bandwidth(device):
     """Peak memory bandwidth of the GPU in bytes/s (H100 SXM 3.35 TB/s, H200 4.8 TB/s, A100 2.0 TB/s)."""
-    name = torch.cuda.get_device_name(device)
-    return {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}.get(next((k for k in ("H200", "H100", "A100") if k in name), "H100"))
+    peaks = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+    return next((b for k, b in peaks.items() if k in torch.cuda.get_device_name(device)), peaks["H100"])
 
 
 # ----------------------------------------------------------------------------- 2. the training step
 def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
     tok = toy.text_tokenizer()
-    torch.manual_seed(0)
-    source = toy.text_model(tok).state_dict()
-    model = parallel.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False)
-    teacher = parallel.build_sharded(lambda: toy.text_model(tok), source, device, torch.float32, False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    rows, _ = toy.task_data("largest", prompts, 1, 0)
-    rows, _ = data.tokenize(rows, tok, 256, {})
+    model, opt, teacher = policy_and_teacher(lambda: toy.text_model(tok), device)
+    rows, _ = data.tokenize(toy.task_data("largest", prompts, 1, 0)[0], tok, 256, {})
     refs = [r for r in rows for _ in range(G)]
     pad, N = tok.pad_token_id, len(refs)
     s_ids, s_mask = [t.to(device) for t in sample.left_pad([r["student_ids"] for r in refs], pad)]
@@ -132,21 +130,17 @@ def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
             roll = train.rollout(model, tok, refs, [{}] * N, max_new_tokens=new_tokens, temperature=1.0, top_p=1.0,
                                  gen_batch=0, eos=set(), generator=gen)
         resp, resp_mask = roll["resp"], roll["resp_mask"]
-        sync(device)
-        t_roll = time.perf_counter() - t0
+        t_roll = clock(device) - t0
         adv = rlsd.group_advantages(torch.randn(N, device=device).round(), G)
         for name, lam in (("rlsd, lam > 0", 0.5), ("rlsd, lam = 0", 0.0), ("grpo", None)):
             t1 = time.perf_counter()
             logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, [{}] * N, N, 1.0) if lam else None
-            sync(device)
-            t2 = time.perf_counter()
+            t2 = clock(device)
             batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
                          logp_teacher=logp_t, images=None)
             train.train_step(model, opt, batch, algo="grpo" if lam is None else "rlsd", lam=lam or 0.0, micro_batch=N)
-            sync(device)
-            t3 = time.perf_counter()
-            best = times.setdefault(name, [1e9] * 3)
-            times[name] = [min(a, b) for a, b in zip(best, [t_roll, t2 - t1, t3 - t2])]
+            t3 = clock(device)
+            times[name] = [min(a, b) for a, b in zip(times.get(name, [1e9] * 3), [t_roll, t2 - t1, t3 - t2])]
     base = sum(times["grpo"])
     for name, (r, t, u) in times.items():
         print(f"   {name:14s} rollout {r:6.3f} s  teacher {t:6.3f} s  update {u:6.3f} s  = {r + t + u:6.3f} s/step  "
@@ -181,14 +175,7 @@ def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_b
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     cfg = memory_config()
     base = rss_peak_reset()
-    full = {}
-    if rank == 0:
-        torch.manual_seed(0)
-        full = Qwen3ForCausalLM(cfg).state_dict()
-    model = parallel.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False, True)
-    teacher = parallel.build_sharded(lambda: Qwen3ForCausalLM(cfg), full, torch.device("cpu"), torch.float32, False).eval()
-    del full
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model, opt, teacher = policy_and_teacher(lambda: Qwen3ForCausalLM(cfg), torch.device("cpu"), rank, grad_ckpt=True)
     g = torch.Generator().manual_seed(rank)
     ids = torch.randint(1, 32000, (rows, prompt_len), generator=g)
     mask = torch.ones_like(ids)

@@ -4,13 +4,10 @@
     python compare.py --task largest --steps 300 --eval_every 25
     python compare.py --seeds 0 -- --lam_decay_steps 0     # more train.py flags after --
 
-Each run is `torchrun --nproc_per_node=2 train.py --algo A --seed S --task T` into OUT/A-sS (a finished
-run is not run again; a stopped one is resumed). The cold start of a seed is computed once, by a 0-step
-run into OUT/cold-sS, and every algorithm starts from it with --init_from: the same weights as its own
-cold start would give (same seed, same rows) and the same sampling seeds after it. Writes OUT/table.md:
-per algorithm, the final and the best held-out accuracy (mean +- std over seeds), the first evaluated
-step at which the seed-mean accuracy reaches GRPO's final one, the leak rate; and OUT/curves.png (seed
-means against step).
+Each run is `torchrun --nproc_per_node=2 train.py --algo A --seed S --task T` into OUT/A-sS (finished: skipped,
+stopped: resumed), all with --init_from one cold start per seed (a 0-step run into OUT/cold-sS: the run's own cold
+start). Writes OUT/table.md (per algorithm: final and best held-out accuracy, mean +- std over seeds; the first step
+whose seed mean reaches GRPO's final one; the leak rate) and OUT/curves.png (seed means against step).
 """
 import argparse
 import os
@@ -48,10 +45,8 @@ def run(algo, seed, args):
 def mean_curve(runs, key):
     """{step: mean over runs} of a metric, at the steps every run has."""
     per_step = {}
-    for recs in runs:
-        for r in recs:
-            if r.get(key) is not None:
-                per_step.setdefault(r["step"], []).append(r[key])
+    for r in (r for recs in runs for r in recs if r.get(key) is not None):
+        per_step.setdefault(r["step"], []).append(r[key])
     return {s: statistics.mean(v) for s, v in sorted(per_step.items()) if len(v) == len(runs)}
 
 
@@ -74,9 +69,8 @@ def main():
     args.out = args.out or f"compare-{args.task}"
     runs = {a: [plot.read_metrics(run(a, s, args)) for s in args.seeds] for a in args.algos}
 
-    target = None
-    if "grpo" in runs:  # GRPO's final accuracy, seed mean: how soon does each method get there?
-        target = statistics.mean(recs[-1]["eval/accuracy"] for recs in runs["grpo"])
+    # GRPO's final accuracy, seed mean: how soon does each method get there?
+    target = statistics.mean(recs[-1]["eval/accuracy"] for recs in runs["grpo"]) if "grpo" in runs else None
     rows = ["| algo | final eval/accuracy | best eval/accuracy | first step at GRPO's final (seed mean) | leak/rate |",
             "| --- | --- | --- | --- | --- |"]
     for algo, seeds in runs.items():
@@ -92,10 +86,9 @@ def main():
     table = header + "\n\n" + "\n".join(rows) + "\n"
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table)
-    means = {a: [{"step": s, "eval/accuracy": v} for s, v in mean_curve(seeds, "eval/accuracy").items()] +
-                [{"step": s, "train/reward": v} for s, v in mean_curve(seeds, "train/reward").items()]
-             for a, seeds in runs.items()}
-    plot.draw_curves(means, ["eval/accuracy", "train/reward"], os.path.join(args.out, "curves.png"))
+    keys = ["eval/accuracy", "train/reward"]
+    means = {a: [{"step": s, k: v} for k in keys for s, v in mean_curve(seeds, k).items()] for a, seeds in runs.items()}
+    plot.draw_curves(means, keys, os.path.join(args.out, "curves.png"))
     print(table + f"curves: {os.path.join(args.out, 'curves.png')}")
 
 

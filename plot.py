@@ -1,17 +1,11 @@
 """Training curves and token-credit heatmaps, drawn with pillow (no matplotlib).
 
-CLI: python plot.py RUN_DIR [RUN_DIR ...] -o curves.png [--keys k1 k2 ...] [--smooth N] [--labels a b c]
+python plot.py RUN_DIR [RUN_DIR ...] -o curves.png [--keys k1 k2 ...] [--smooth N] [--labels a b c] draws metrics
+of each run's metrics.jsonl against "step", one panel per key, one line per run; null/NaN values are skipped and a
+sparse key (in at most half the records, as eval/accuracy) gets markers too.
 
-draws metrics of each run's metrics.jsonl against "step": one panel per key, one coloured line per run,
-a legend with the run labels (default: each run directory's name). Default keys: train/reward
-eval/accuracy policy/entropy train/response_len. A record without the key, or with a null/NaN value,
-is skipped for that key; a sparse key (in at most half the records: eval/accuracy) gets markers too.
---smooth N: trailing moving average over N points. Errors are one line "error: ..." and exit code 2.
-
-credit_html / credit_png draw one response's token credit (the paper's case-study figure): each token
-on a box coloured by its RLSD weight w_t = exp(sign(A) Delta_t): blue for w > 1 (the token gets more
-of the response's advantage), red for w < 1 (less), white for w = 1; Delta_t = log p_T - log p_S
-shows on hover (HTML) and under each token.
+credit_html / credit_png draw one response's token credit (the paper's case-study figure): each token on a box
+coloured by its weight w_t = exp(sign(A) Delta_t) (blue > 1: more of the advantage, red < 1: less), Delta_t under it.
 """
 import argparse
 import functools
@@ -46,8 +40,7 @@ def font(size):
 
 
 def drawable(text, fnt):
-    """`text`, with '?' for what the font cannot encode (the old bitmap font is latin-1 only; the
-    scalable one draws a box for a missing glyph)."""
+    """`text`, with '?' for what the font cannot encode (the old bitmap font is latin-1 only)."""
     try:
         fnt.getlength(text)
         return text
@@ -58,8 +51,7 @@ def drawable(text, fnt):
 # ---- curves
 
 def read_metrics(run_dir):
-    """Records of <run_dir>/metrics.jsonl (or of run_dir itself when it is a file), in file order.
-    A missing file or a line that is not a JSON object: UserError naming it."""
+    """Records of <run_dir>/metrics.jsonl (or of run_dir itself, a file) in file order; UserError if missing or bad."""
     path = run_dir if os.path.isfile(run_dir) else os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(run_dir):
         raise UserError(f"{run_dir}: no such run directory")
@@ -73,8 +65,7 @@ def is_number(v):
 
 
 def series(records, key, smooth=0):
-    """(steps, values) of `key` sorted by step, skipping records without a finite number for it;
-    smooth > 0: each value is the mean of the last `smooth` points (fewer at the start)."""
+    """(steps, values) of `key`'s finite numbers, by step; smooth > 0: each the mean of the last `smooth` points."""
     pts = sorted((r.get("step", i), r[key]) for i, r in enumerate(records)
                  if is_number(r.get(key)) and is_number(r.get("step", i)))
     ys = [y for _, y in pts]
@@ -103,8 +94,7 @@ def nice_ticks(lo, hi, n=5, integer=False):
 
 
 def draw_panel(draw, x0, y0, key, lines):
-    """One panel with its top-left at (x0, y0): the key as title, axes with ticks, and the lines,
-    [(colour, steps, values, markers)]; "no data" when there are none."""
+    """One panel at (x0, y0): key as title, ticked axes, the lines [(colour, steps, values, markers)] or "no data"."""
     fnt, small = font(14), font(12)
     left, top = x0 + MARGIN[0], y0 + MARGIN[1]
     right, bottom = x0 + PANEL_W - MARGIN[2], y0 + PANEL_H - MARGIN[3]
@@ -137,38 +127,33 @@ def draw_panel(draw, x0, y0, key, lines):
 
 
 def legend_layout(labels, fnt, width):
-    """Top-left corner of each legend entry (a line swatch and the label), rows wrapped at `width`;
-    and the height of the legend band."""
-    corners, x, y = [], 12, 0
+    """Left middle (x, y) of each legend entry (swatch and label), rows wrapped at `width`; and the band's height."""
+    anchors, x, y = [], 12, 0
     for label in labels:
         w = 34 + fnt.getlength(drawable(label, fnt)) + 24
         if x + w > width and x > 12:
             x, y = 12, y + LEGEND_ROW
-        corners.append((x, y))
+        anchors.append((x, y + LEGEND_ROW / 2))
         x += w
-    return corners, y + LEGEND_ROW
+    return anchors, y + LEGEND_ROW
 
 
 def draw_curves(runs, keys, path, smooth=0):
-    """PNG at `path` of runs = {label: [records]}: one panel per key (two columns), x = step, one line
-    per run in PALETTE order, the legend in a band above the panels. Returns path."""
+    """PNG at `path` of runs = {label: [records]}: one panel per key (two columns), one line per run. Returns path."""
     if not keys:
         raise ValueError("no keys to draw")
     colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(runs)}
     cols = min(2, len(keys))
-    corners, legend_h = legend_layout(list(runs), font(14), cols * PANEL_W)
+    anchors, legend_h = legend_layout(list(runs), font(14), cols * PANEL_W)
     img = Image.new("RGB", (cols * PANEL_W, legend_h + math.ceil(len(keys) / cols) * PANEL_H), "white")
     draw = ImageDraw.Draw(img)
-    for (x, y), label in zip(corners, runs):
-        draw.line((x, y + LEGEND_ROW / 2, x + 28, y + LEGEND_ROW / 2), fill=colours[label], width=3)
-        draw.text((x + 34, y + LEGEND_ROW / 2), drawable(label, font(14)), font=font(14), fill="black",
-                  anchor="lm")
+    for (x, y), label in zip(anchors, runs):
+        draw.line((x, y, x + 28, y), fill=colours[label], width=3)
+        draw.text((x + 34, y), drawable(label, font(14)), font=font(14), fill="black", anchor="lm")
     for i, key in enumerate(keys):
-        lines = []
-        for label, records in runs.items():
-            xs, ys = series(records, key, smooth)
-            if xs:
-                lines.append((colours[label], xs, ys, 2 * len(xs) <= len(records)))  # sparse: markers
+        xys = {label: series(records, key, smooth) for label, records in runs.items()}
+        lines = [(colours[label], xs, ys, 2 * len(xs) <= len(runs[label]))  # sparse: markers
+                 for label, (xs, ys) in xys.items() if xs]
         draw_panel(draw, (i % cols) * PANEL_W, legend_h + (i // cols) * PANEL_H, key, lines)
     img.save(path, format="PNG")
     return path
@@ -183,8 +168,7 @@ def as_floats(tokens, weights, deltas):
 
 
 def weight_colour(w):
-    """RGB of a weight: white at w = 1, towards UP for w > 1 and DOWN for w < 1, by the fraction
-    sqrt(|log w| / LOG_W_CAP) capped at 1 (the square root keeps small departures from 1 visible)."""
+    """RGB of w: white at 1, towards UP (w > 1) or DOWN (w < 1) by sqrt(|log w| / LOG_W_CAP), capped at 1."""
     if not w > 0:
         return NO_WEIGHT
     t = min(abs(math.log(w)) / LOG_W_CAP, 1.0) ** 0.5
@@ -198,8 +182,7 @@ def ink(rgb):
 
 def visible(tok, newline="\u21b5"):
     """Token text with whitespace shown: a newline as `newline`, other control characters escaped (\\t)."""
-    return "".join(newline if c == "\n" else c if c.isprintable() else c.encode("unicode_escape").decode()
-                   for c in tok)
+    return "".join(newline if c == "\n" else c if c.isprintable() else c.encode("unicode_escape").decode() for c in tok)
 
 
 CSS = """body{font-family:sans-serif;margin:2em;max-width:72em} .resp{font-family:monospace;font-size:15px}
@@ -208,8 +191,7 @@ CSS = """body{font-family:sans-serif;margin:2em;max-width:72em} .resp{font-famil
 
 
 def credit_html(tokens, weights, deltas, title="", advantage=None):
-    """Self-contained HTML page: each token a <span> coloured by its weight, "w=..., Δ=..." on hover
-    and Delta_t under it; a header with the title and the advantage; a colour legend."""
+    """Self-contained HTML page: each token a <span> coloured by its weight, Delta_t under it, w and Delta on hover."""
     weights, deltas = as_floats(tokens, weights, deltas)
 
     def cell(text, w, d, title=True):
@@ -236,23 +218,19 @@ def png_text(tok):
 
 
 def credit_layout(tokens, deltas, width=CREDIT_W):
-    """The (x0, y0, x1, y1) box of each token in the credit PNG: left to right below the header,
-    wrapping at `width`; a token containing a newline ends its line."""
-    boxes, x, y = [], PAD, HEADER_H
+    """(x0, y0, x1, y1) of each token's box in the credit PNG, rows wrapped at `width` and after a newline."""
+    boxes, x, y, newline = [], PAD, HEADER_H, False
     for tok, d in zip(tokens, deltas):
         w = max(font(16).getlength(png_text(tok)), font(11).getlength(f"{d:+.2f}")) + 8
-        if x + w > width - PAD and x > PAD:
+        if newline or (x + w > width - PAD and x > PAD):
             x, y = PAD, y + CELL_H + 6
         boxes.append((x, y, x + w, y + CELL_H))
-        x += w + 2
-        if "\n" in tok:
-            x, y = PAD, y + CELL_H + 6
+        x, newline = x + w + 2, "\n" in tok
     return boxes
 
 
 def credit_png(tokens, weights, deltas, path, title="", advantage=None):
-    """The credit heatmap as a PNG at `path`: title and advantage, the token boxes with Delta_t under
-    each token, and a colour bar from w = 0.5 to 2. Returns path."""
+    """The credit heatmap as a PNG at `path`: title, advantage, token boxes with Delta_t, a colour bar. Returns path."""
     weights, deltas = as_floats(tokens, weights, deltas)
     boxes = credit_layout(tokens, deltas)
     bar_y = (boxes[-1][3] if boxes else HEADER_H) + 24
@@ -295,9 +273,8 @@ def main(argv=None):
     p.add_argument("--smooth", type=int, default=0, help="trailing moving average over N points")
     p.add_argument("--labels", nargs="+", help="one per run (default: the run directory's name)")
     args = p.parse_args(argv)
-    labels = args.labels or [os.path.basename(os.path.normpath(d)) for d in args.runs]
-    if len(set(labels)) < len(labels) and not args.labels:
-        labels = args.runs  # two runs with the same directory name: tell them apart by path
+    names = [os.path.basename(os.path.normpath(d)) for d in args.runs]
+    labels = args.labels or (names if len(set(names)) == len(names) else args.runs)  # same names: tell apart by path
     if len(labels) != len(args.runs) or len(set(labels)) < len(labels):
         raise UserError(f"need {len(args.runs)} distinct labels, got {labels}")
     runs = {label: read_metrics(d) for label, d in zip(labels, args.runs)}

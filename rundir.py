@@ -1,16 +1,13 @@
 """The run directory (--out): metrics.jsonl, args.json, credit.jsonl, checkpoint-N/ and final/; resuming a
-stopped run, and stopping on a signal.
-
-The loop sees one object: `Run(...)` before the first step (a new run, or a stopped one restored:
-weights, optimizer, teacher, RNG states, data order), then `run.end_step(...)` after each step (its
-metrics line; a checkpoint every --save_every steps, or at once when a stop was requested), then
-`run.finish()` (the final model, or the line that says how to resume).
+stopped run, and stopping on a signal. The loop sees one object, `Run`: built before the first step (a
+new run, or a stopped one restored), told where each step begins and ends, and at the end `finish()`.
 
 A checkpoint is a Hugging Face model directory that from_pretrained loads with no project code, plus
 in trainer/ what --resume needs: the sharded fp32 weights, optimizer state and teacher
 (torch.distributed.checkpoint), every rank's RNG states, and state.json (step, data order, settings).
 It is written to NAME.tmp and renamed when complete, so an interrupted save leaves the earlier ones.
 """
+import contextlib
 import copy
 import hashlib
 import json
@@ -96,22 +93,69 @@ def check_same_run(path, this_id):
 
 
 # ----------------------------------------------------------------------------- stop requests
-STOP = {}  # when the first SIGINT/SIGTERM came
+STOP = {}  # when the first SIGINT/SIGTERM/SIGUSR1 came (or another rank's, seen through the store)
+
+
+class Stopped(Exception):
+    """A stop request reached a safe point: the step in progress is abandoned (Run.abandon)."""
 
 
 def on_signal(signum, frame):
-    """First signal: stop after the step in progress (and save). torchrun relays a signal it gets to
-    its workers, so one within 3 s of the first is the same request; a later one exits at once."""
+    """First signal: abandon the step at its next safe point, save, exit. torchrun relays a signal it
+    gets to its workers, so one within 3 s of the first is the same request; a later one exits at once."""
     if "at" in STOP and time.time() - STOP["at"] > 3:
         print(f"\n{signal.Signals(signum).name} again: exiting now, nothing saved", file=sys.stderr, flush=True)
         os._exit(130)
     STOP.setdefault("at", time.time())
+    STOP.setdefault("name", signal.Signals(signum).name)
 
 
 def catch_stop_signals():
-    """A stop request (SIGINT, SIGTERM) is honoured between steps: see Run.end_step."""
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    """SIGINT, SIGTERM (torchrun, SLURM, Kubernetes) and SIGUSR1 (SLURM's --signal) request a stop."""
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(s, on_signal)
+
+
+def tell_others():
+    """Put this process's stop request (the signal and when it came) in the process group's store, once."""
+    if "name" in STOP and not STOP.get("told"):
+        dist.distributed_c10d._get_default_store().set("rlsd-stop", f"{STOP['name']} {STOP['at']}")
+        STOP["told"] = True
+
+
+def poll():
+    """A safe point where ranks need not be in step (between decode chunks): raise Stopped if this
+    process was signalled, or another rank was (it says so through the store)."""
+    tell_others()
+    if "at" in STOP or dist.distributed_c10d._get_default_store().check(["rlsd-stop"]):
+        STOP.setdefault("at", time.time())
+        raise Stopped
+
+
+def agree(device):
+    """A safe point where ranks are in step (phase ends, micro-batches): Stopped on all if on any."""
+    tell_others()
+    if all_reduce_sum([float("at" in STOP)], device)[0] > 0:
+        STOP.setdefault("at", time.time())
+        raise Stopped
+
+
+def first_signal():
+    """(name, time) of the signal that stopped the run, whichever rank got it."""
+    if "name" in STOP:
+        return STOP["name"], STOP["at"]
+    name, at = dist.distributed_c10d._get_default_store().get("rlsd-stop").decode().split()
+    return name, float(at)
+
+
+@contextlib.contextmanager
+def stoppable(device):
+    """A phase whose polls may raise Stopped on some ranks only: the ranks meet at its end, all raise."""
+    try:
+        yield
+    except Stopped:
+        pass
+    agree(device)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -141,9 +185,7 @@ def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
         if state["teacher"] is not None:
             sharded["teacher"] = get_model_state_dict(state["teacher"])
         dcp.save(sharded, checkpoint_id=os.path.join(tmp, "trainer"))
-        rng = {"torch": torch.get_rng_state(), "sampler": state["gen"].get_state(),
-               **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
-        save_file(rng, os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
+        save_file(rng_states(state["gen"]), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
         if rank == 0:
             with open(os.path.join(tmp, "trainer", "state.json"), "w") as f:
                 json.dump(state["info"], f)
@@ -166,12 +208,21 @@ def load_checkpoint(path, model, teacher, opt, gen, rank):
     set_optimizer_state_dict(model, opt, sharded["optim"])
     if teacher is not None:
         set_model_state_dict(teacher, sharded["teacher"])
-    rng = load_file(os.path.join(path, "trainer", f"rng-{rank}.safetensors"))
+    set_rng_states(load_file(os.path.join(path, "trainer", f"rng-{rank}.safetensors")), gen)
+    return saved_state(path)
+
+
+def rng_states(gen):
+    """This process's RNG states: torch's, the sampler's (gen) and CUDA's."""
+    return {"torch": torch.get_rng_state(), "sampler": gen.get_state(),
+            **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
+def set_rng_states(rng, gen):
     torch.set_rng_state(rng["torch"])
     gen.set_state(rng["sampler"])
     if "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"])
-    return saved_state(path)
 
 
 def prune(out, keep_last):
@@ -184,13 +235,16 @@ def prune(out, keep_last):
 # ----------------------------------------------------------------------------- the run, as the loop sees it
 class Run:
     """--out of one run. After construction: start (the first step to run), order (the data order
-    still to use) and bad (non-finite steps in a row), from the checkpoint when resuming."""
+    still to use), bad (non-finite steps in a row) and pending (the metrics line still waiting for its
+    held-out accuracy: step 0's, or one a stop cut short), from the checkpoint when resuming."""
 
     def __init__(self, args, this_id, model, teacher, opt, gen, proc, arch, save_dtype, rank, world):
         self.args, self.id, self.rank, self.world = args, this_id, rank, world
         self.model, self.teacher, self.opt, self.gen = model, teacher, opt, gen
         self.proc, self.arch, self.dtype = proc, arch, save_dtype
-        self.start, self.order, self.bad, self.stopped_at = 1, [], 0, None
+        self.start, self.order, self.bad, self.pending, self.began = 1, [], 0, {"step": 0}, None
+        self.stopped, self.stopped_at, self.abandoned = False, None, None
+        self.device, self.saved_at = next(model.parameters()).device, time.time()
         metrics = os.path.join(args.out, "metrics.jsonl")
         if rank == 0:
             if args.overwrite:  # the earlier run's files go; nothing of it is mixed with this one
@@ -203,6 +257,7 @@ class Run:
         if args.resume:  # weights, optimizer, teacher, RNG states, data order, step
             info = load_checkpoint(args.resume, model, teacher, opt, gen, rank)
             self.start, self.order, self.bad = info["step"] + 1, info["order"], info["bad"]
+            self.pending = info.get("pending")
             if rank == 0:  # keep the history up to the checkpoint; what came after is redone
                 with open(metrics) as f:
                     kept = [line for line in f if json.loads(line)["step"] < self.start]
@@ -211,40 +266,70 @@ class Run:
         self.log = open(metrics, "a") if rank == 0 else None
 
     def write(self, rec):
-        """One line of metrics.jsonl (rank 0)."""
         if self.log:
             self.log.write(json.dumps(rec) + "\n")
             self.log.flush()
 
+    def save(self, step, order, bad, pending=None):
+        info = {"step": step, "order": order, "bad": bad, "pending": pending, "args": vars(self.args), "id": self.id}
+        save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
+                        self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
+        if self.rank == 0:
+            prune(self.args.out, self.args.keep_last)
+        self.saved_at = time.time()
+
+    def begin_step(self, step, order, bad):
+        """What a stop during this step saves: the data order, bad count and RNG states at its start."""
+        self.began = (step, order, bad, rng_states(self.gen))
+
     def end_step(self, step, rec, order, bad):
-        """After a step: its metrics line; a checkpoint every --save_every steps. A stop request on any
-        rank makes every rank save here and returns True: the loop ends."""
+        """After a step: its metrics line; a checkpoint every --save_every steps or --save_every_min
+        minutes (rank 0's clock), or now if any rank has a stop request, which returns True: the loop ends."""
         self.write(rec)
-        device = next(self.model.parameters()).device
-        stop = all_reduce_sum([float("at" in STOP)], device)[0] > 0  # any rank signalled: all stop here
-        if stop or (self.args.save_every and step % self.args.save_every == 0):
-            info = {"step": step, "order": order, "bad": bad, "args": vars(self.args), "id": self.id}
-            save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
-                            self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
-            if self.rank == 0:
-                prune(self.args.out, self.args.keep_last)
+        a = self.args
+        due = (a.save_every and step % a.save_every == 0) or (
+            self.rank == 0 and a.save_every_min and time.time() - self.saved_at >= 60 * a.save_every_min)
+        tell_others()
+        stop, due = (x > 0 for x in all_reduce_sum([float("at" in STOP), float(bool(due))], self.device))
+        if stop or due:
+            self.save(step, order, bad)
         if stop:
-            self.stopped_at = step
+            self.stopped, self.stopped_at = True, step
         return stop
+
+    def abandon(self, step, rec, order, bad):
+        """After Stopped. The update of `step` done (the stop came in its evaluation; rec is its metrics):
+        checkpoint-step, the evaluation redone on resume. Else the step is abandoned before its optimizer
+        step: checkpoint-(step - 1) with the data order and RNG states of the step's start, so that
+        resuming replays it exactly. A stop before the first step of a new run saves nothing."""
+        if rec.get("step") == step:
+            self.save(step, order, bad, pending=rec)
+        elif self.began is not None:
+            step, order, bad, rng = self.began
+            set_rng_states(rng, self.gen)
+            self.save(step - 1, order, bad)
+            self.abandoned, step = step, step - 1
+        elif not self.args.resume:  # during start-up or step 0's evaluation of a new run
+            step = None
+        self.stopped, self.stopped_at = True, step
 
     def finish(self):
         """The final model dir, or after a stop the line with the resume command. Returns the exit code."""
         if self.log:
             self.log.close()
         out = self.args.out
-        if self.stopped_at is None:
+        if not self.stopped:
             save_checkpoint(self.model, self.proc, os.path.join(out, "final"), self.arch, self.dtype, self.rank)
             return 0
         if self.rank == 0:
             cmd = f"torchrun --nproc_per_node={self.world} train.py" if self.world > 1 else "python train.py"
-            print(f"stopped after step {self.stopped_at}: checkpoint in "
-                  f"{os.path.join(out, f'checkpoint-{self.stopped_at}')}; resume with: {cmd} --resume --out {out}",
-                  file=sys.stderr, flush=True)
+            what, at = first_signal()
+            if self.stopped_at is None:
+                print(f"{what} during start-up: stopped, nothing saved", file=sys.stderr, flush=True)
+            else:
+                done = f"step {self.abandoned} abandoned" if self.abandoned else f"stopped after step {self.stopped_at}"
+                print(f"{what}: {done}; checkpoint-{self.stopped_at} complete {time.time() - at:.1f} s after "
+                      f"the signal; resume with: {cmd} --resume --out {out}", file=sys.stderr, flush=True)
         return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 130  # (torchrun reports non-zero as a failure)
 
 

@@ -121,15 +121,15 @@ def decode_one_token(model, token, mask, positions, cache):
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0, top_p=1.0,
-             generator=None, sync_every=16, **model_inputs):
+             generator=None, sync_every=16, poll=None, **model_inputs):
     """Sample a response for every row of the left-padded prompt batch ids/mask [B, P].
 
     Returns (response ids [B, T] padded with pad_id after EOS, response mask [B, T] with the EOS
     token kept, token log-probs [B, T] at `temperature` under the sampling policy; T <= max_new_tokens).
     The KV cache is preallocated for P + max_new_tokens and written in place. Every `sync_every`
     tokens (the only host syncs) finished rows leave the working batch, so a long straggler does
-    not keep the whole batch decoding. Runs no collective: under FSDP keep parameters gathered,
-    ranks may stop at different steps.
+    not keep the whole batch decoding; there `poll()`, if given, may raise to abandon the batch. Runs
+    no collective: under FSDP keep parameters gathered, ranks may stop at different steps.
     """
     B, P = ids.shape
     device = ids.device
@@ -156,6 +156,8 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
         done = done | torch.isin(tok, eos)
         if t == max_new_tokens - 1:
             break
+        if poll is not None and (t + 1) % sync_every == 0:
+            poll()
         if (t + 1) % sync_every == 0 and done.any():  # drop finished rows (one host sync)
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
@@ -201,23 +203,26 @@ def write_heatmap(path, tok, resp, delta, w, r, question):
 
 def evaluate_file(model, proc, path, out_path, n, args, device):
     """Accuracy of a checkpoint on a JSONL of {question, answer[, images, options]}: greedy (n = 1) or
-    the mean over n samples at --temperature. Writes one row per question and sample. The rows are
+    the mean over n samples at --temperature; a response cut off at --max_new_tokens scores 0, as in
+    training. Writes one row per question and sample. The rows are
     read as the trainer reads its data (data.load_jsonl: same fields, same errors)."""
     tok = tokenizer_of(proc)
     rows, total, out = load_jsonl(path, args.allow_abs_paths), 0.0, []
     temperature = args.temperature if n > 1 else 0.0
     gen = torch.Generator(device=device).manual_seed(args.seed)
+    eos = eos_token_ids(model, tok)
     for i in range(0, len(rows), max(1, args.batch // n)):
         chunk = [r for r in rows[i:i + max(1, args.batch // n)] for _ in range(n)]
         images = [[open_image(p) for p in r["images"]] for r in chunk]
         ids, mask = left_pad([prompt_ids(proc, format_prompt(proc, student_prompt(r["question"]), len(ims)),
                                          [im.size for im in ims]) for r, ims in zip(chunk, images)], tok.pad_token_id)
-        resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos_token_ids(model, tok),
+        resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos,
                                   tok.pad_token_id, temperature, args.top_p, gen,
                                   **image_inputs(proc, [im for ims in images for im in ims], device))
         for k, (r, y, m) in enumerate(zip(chunk, resp, rmask)):
             text = tok.decode(y[m.bool()], skip_special_tokens=True)
-            score = reward(text, r["answer"], r.get("options"))
+            ended = bool(torch.isin(y[m.bool()], torch.tensor(sorted(eos), device=device)).any())
+            score = reward(text, r["answer"], r.get("options")) if ended else 0.0  # as train.py: cut off = 0
             total += score
             out.append({"where": r["where"], "sample": k % n, "question": r["question"], "answer": r["answer"],
                         "response": text, "extracted": extract_answer(text), "reward": score})
@@ -236,7 +241,7 @@ def main():
     p.add_argument("--raw", action="store_true", help="send the question as the whole prompt")
     p.add_argument("--image", action="append", default=[], help="an image for a VLM (repeatable); <image> in the "
                                                                 "question marks where each goes, else they come first")
-    p.add_argument("--n", type=int, default=4, help="responses to draw (with --eval: samples per question, 1 = greedy)")
+    p.add_argument("--n", type=int, default=None, help="responses (4); with --eval samples per question (1 = greedy)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--max_new_tokens", type=int, default=256)
@@ -250,6 +255,7 @@ def main():
     p.add_argument("--allow_abs_paths", action="store_true", help="--eval: images outside the data file's directory")
     p.add_argument("--trust_remote_code", action="store_true")
     args = p.parse_args()
+    args.n = args.n or (1 if args.eval else 4)
     if not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
         raise UserError(f"{args.checkpoint} is not a model directory (no config.json)")
     if args.eval is None and args.question is None:

@@ -768,7 +768,7 @@ VERIFY_TABLE = [
     ("If John eats 5 apples, so what remains?", "5", None, 0),
     ("Let x be 5, so we continue.", "5", None, 0),
     ("The train travels at 60 miles per hour.", "60", None, 0),
-    ("There are **42** apples. I hope this helps!", "42", None, 0),
+    ("There are **42** apples. I hope this helps!", "42", None, 1),  # a courtesy closer is not the answer
     ("So there are 42 apples\nin total", "42", None, 0),
     # a response that is just the answer in math delimiters
     ("$[0,1)$", "[0,1)", None, 1),
@@ -879,11 +879,126 @@ VERIFY_TABLE = [
     ("\\boxed{f(y) = x}", "f(x)=x", None, 0),
     ("\\boxed{f(y) = y^2}", "f(x)=x", None, 0),
     ("\\boxed{y = 2x + 3}", "2x+3", None, 1),
+    # answer tags read as a tag parser does: an <answer> reopened inside a tag is part of its content
+    ("<answer>\ufffd<answer>9</answer>", "9", None, 0),
+    ("<answer><answer>7</answer>", "7", None, 0),
+    ("<answer>x<answer><answer>8</answer>", "8", None, 0),
+    ("<answer>9</answer>\x18<answer>9</answer>", "9", None, 1),
+    ("<answer>7</answer> No, wait: <answer>9</answer>", "9", None, 1),
+    ("<answer>7</answer> No, wait: <answer>9</answer>", "7", None, 0),
+    # plain-text answers as small instruct models write them; the near-miss each rule must refuse next to it
+    # a result verb concludes: the value after the last one counts, operands restated before it do not
+    ("The sum of 51 and 29 is 80.", "80", None, 1),
+    ("The sum of 51 and 29 is 80.", "29", None, 0),
+    ("51 + 29 is 80.", "80", None, 1),
+    ("51 + 29 equals 80.", "80", None, 1),
+    ("51 + 29 equals 81.", "80", None, 0),
+    ("Adding 51 and 29 gives us 80.", "80", None, 1),
+    ("If we multiply 7 by 8, we get 56.", "56", None, 1),
+    ("If we multiply 7 by 8, we get 56.", "8", None, 0),
+    ("So the sum of 51 and 29 is 80.", "80", None, 1),
+    ("51 and 29 add up to 80.", "80", None, 1),
+    ("It's 80.", "80", None, 1),
+    ("The answer is 80. Wait, no, it's 81.", "81", None, 1),
+    ("9 is the largest number.", "9", None, 1),
+    ("The numbers are 3, 7, 2, and 9.", "9", None, 0),
+    ("The sum is 79 or 80.", "80", None, 0),
+    ("51 + 29 is not 80.", "80", None, 0),
+    ("The sum is more than 80.", "80", None, 0),
+    ("The sum is approximately 80.", "80", None, 0),
+    ("The sum is probably 80.", "80", None, 0),
+    ("Is the sum 80?", "80", None, 0),
+    ("80 - 5 = 75, so the answer is 75.", "80", None, 0),
+    ("Adding gives 80, and halving that gives 40.", "80", None, 0),
+    ("The total is 80, but we need half of it, which is 40.", "80", None, 0),
+    ("Let the sum be 80.", "80", None, 0),
+    ("Sarah has 20 marbles. She gives 8 to her friend.", "8", None, 0),
+    # story statements that answer the question (now, left, remaining, in all, together; has, needs, costs, takes)
+    ("Tom has 8 apples now.", "8", None, 1),
+    ("Sarah has 12 marbles left.", "12", None, 1),
+    ("Tom had 5 apples and bought 3 more. 5 + 3 = 8. Tom has 8 apples now.", "8", None, 1),
+    ("Tom had 5 apples and bought 3 more. 5 + 3 = 8. Tom has 8 apples now.", "5", None, 0),
+    ("The baker has 36 cupcakes remaining.", "36", None, 1),
+    ("It takes 4 hours.", "4", None, 1),
+    ("Tom has more than 8 apples now.", "8", None, 0),
+    ("Sarah does not have 12 marbles left.", "12", None, 0),
+    ("Tom has 5 apples and buys 3 more. How many apples does Tom have now?", "8", None, 0),
+    ("Tom had 5 apples.", "5", None, 0),
+    ("Each box holds 6 eggs.", "6", None, 0),
+    ("Tom had 5 apples and bought 3 more, giving 8. Then he ate 2, so he has 6 apples left.", "8", None, 0),
+    ("Tom had 5 apples and bought 3 more, giving 8. Then he ate 2, so he has 6 apples left.", "6", None, 1),
+    # a closing courtesy sentence (no digit) is not the last sentence
+    ("51 + 29 = 80. I hope this helps!", "80", None, 1),
+    ("51 + 29 = 80. I hope this helps!", "81", None, 0),
+    ("The sum of 14 and 9 is 23. Let me know if you have any other questions.", "23", None, 1),
+    ("66 + 77 = 143.\n\nI hope this helps! Feel free to ask if you need anything else.", "143", None, 1),
+    ("Sure, I can help with that. Let me know if you have any other questions.", "80", None, 0),
+    ("I hope this helps!", "80", None, 0),
+    ("I'm not sure, maybe 80. I hope this helps!", "80", None, 0),
+    # an equation inside math delimiters: arithmetic on the left is dropped; bare arithmetic answers nothing
+    ("$51 + 29 = 80$", "80", None, 1),
+    ("\\[ 51 + 29 = 80 \\]", "80", None, 1),
+    ("$7 \\cdot 8 = 56$.", "56", None, 1),
+    ("$51 + 29 = 81$", "80", None, 0),
+    ("$51 + 29$", "80", None, 0),
+    ("51 + 29", "80", None, 0),
+    ("Let x be the number of apples, x = 5 + 3.", "8", None, 0),
+    ("$7 = 11a+c$", "11a+c", None, 0),
+    # formatting: a bare percentage, units, "!", signs and number words
+    ("20%", "20", None, 1),
+    ("20%", "0.2", None, 1),
+    ("21%", "20", None, 0),
+    ("24 m²", "24", None, 1),
+    ("The area is 24 m².", "24", None, 1),
+    ("The area is 25 m².", "24", None, 0),
+    ("The answer is 80!", "80", None, 1),
+    ("The answer is 81!", "80", None, 0),
+    ("The answer is negative 5.", "-5", None, 1),
+    ("The answer is negative 5.", "5", None, 0),
+    ("Subtracting 8 from 3 gives negative 5.", "-5", None, 1),
+    ("Subtracting 8 from 3 gives negative 5.", "5", None, 0),
+    ("The answer is eighty.", "80", None, 1),
+    ("The answer is eighty-one.", "80", None, 0),
+    ("Seven plus five equals twelve.", "12", None, 1),
+    ("The answer is two hundred and five.", "205", None, 1),
+    ("The numbers are one and two.", "2", None, 0),
+    # answer first, explanation after
+    ("80. To get this, I added 51 and 29.", "80", None, 1),
+    ("81. To get this, I added 51 and 29.", "80", None, 0),
+    ("**80**\n\nTo get this, I added the tens (50 + 20 = 70) and the ones (1 + 9 = 10).", "80", None, 1),
+    ("80. Wait, that's not right. Let me recalculate.", "80", None, 0),
+    ("80. Hmm, I'm not sure about that.", "80", None, 0),
+    ("1. Add the ones digits.\n2. Add the tens digits.\n3. Combine the results.", "1", None, 0),
+    ("2. The second step is to carry the one.", "2", None, 0),
+    # hedges inside an "answer is" sentence, self-corrections after it
+    ("I guess the answer is 80.", "80", None, 0),
+    ("The answer is probably 80.", "80", None, 0),
+    ("Maybe the answer is 80.", "80", None, 0),
+    ("The answer is about 80.", "80", None, 0),
+    ("I think the answer is 80.", "80", None, 1),
+    ("If we add them, the answer is 80.", "80", None, 1),
+    ("The answer is 80. Wait, no, it's 81.", "80", None, 0),
+    ("The answer is 80. Wait, let me double-check that.", "80", None, 0),
+    ("The answer is 80. Oops, that's wrong. The correct answer is 81.", "81", None, 1),
+    ("Answer: 80\nWait, that's wrong. It's 81.", "81", None, 1),
+    ("Answer: 80\nWait, that's wrong. It's 81.", "80", None, 0),
+    ("51 + 29 = 81. Wait, let me recompute: 51 + 29 = 80.", "80", None, 1),
+    ("51 + 29 = 81. Wait, let me recompute: 51 + 29 = 80.", "81", None, 0),
+    ("I'm not sure, but 51 + 29 = 80.", "80", None, 0),
+    ("The answer is 80. This is because 51 + 29 = 80.", "80", None, 1),
 ]
 
 
+def test_a_response_cut_off_at_the_budget_earns_no_reward():
+    """The same right final answer: 1 when the response ended with EOS, 0 when --max_new_tokens cut it
+    (training's reward and its held-out accuracy both use rewards_of)."""
+    roll = {"texts": ["<answer>9</answer>", "<answer>9</answer>\x18<answer>9</answer>", "<answer>8</answer>"],
+            "ended": torch.tensor([True, False, True])}
+    assert train.rewards_of(roll, [{"answer": "9"}] * 3).tolist() == [1.0, 0.0, 0.0]
+
+
 def test_verify_table_size():
-    assert len(VERIFY_TABLE) >= 340
+    assert len(VERIFY_TABLE) >= 430
 
 
 @pytest.mark.parametrize("response,answer,options,expected", VERIFY_TABLE)
@@ -1346,32 +1461,129 @@ def test_interrupted_save_leaves_the_previous_checkpoint_and_resume_uses_it(tmp_
     assert [r["step"] for r in read_metrics(out)] == [0, 1, 2, 3, 4, 5, 6] and (out / "checkpoint-6").exists()
 
 
-@pytest.mark.parametrize("launcher", ["python", "torchrun"])
-def test_sigterm_stops_after_the_step_with_a_resumable_checkpoint_and_one_line(tmp_path, launcher):
+# A stop at a chosen point, signalled from inside the run: the wrapper counts rollouts (eval_size 0: one per
+# step) and update micro-batches, and at step STOP_STEP sends SIGTERM to rank STOP_RANK only (the other
+# rank learns of it through the process group), before the rollout or before update micro-batch 2.
+STOP_AT = """import os, signal, sys, train
+step, mb = [0], [0]
+where, at, who = os.environ["STOP_IN"], int(os.environ["STOP_STEP"]), os.environ["STOP_RANK"]
+def stop(now):
+    if now and os.environ["RANK"] == who:
+        os.kill(os.getpid(), signal.SIGTERM)
+def rollout(*a, real=train.rollout, **k):
+    step[0], mb[0] = step[0] + 1, 0
+    stop(where == "rollout" and step[0] == at)
+    return real(*a, **k)
+def response_hidden(*a, real=train.response_hidden, **k):
+    mb[0] += 1
+    stop(where == "update" and step[0] == at and mb[0] == 1)
+    return real(*a, **k)
+train.rollout, train.response_hidden = rollout, response_hidden
+sys.exit(train.main(sys.argv[1:]))
+"""
+STOPPABLE = RUN + ["--eval_size", "0", "--micro_batch", "2", "--max_new_tokens", "24", "--save_every", "0"]
+
+
+def run_with_stop(tmp_path, out, where, rank, launcher):
+    (tmp_path / "stop_at.py").write_text(STOP_AT)
+    env = dict(os.environ, STOP_IN=where, STOP_STEP="2", STOP_RANK=str(rank), PYTHONPATH=HERE)
+    res = subprocess.run([*launcher, str(tmp_path / "stop_at.py"), *STOPPABLE, "--steps", "3", "--out", str(out)],
+                         cwd=HERE, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    lines = [l for l in res.stderr.splitlines() if "abandoned" in l]
+    assert len(lines) == 1 and lines[0].startswith("SIGTERM: step 2 abandoned; checkpoint-1 complete "), lines
+    assert "--resume --out" in lines[0] and sorted(os.listdir(out)) == ["args.json", "checkpoint-1", "metrics.jsonl"]
+    res = subprocess.run([*launcher, "train.py", "--resume", "--out", str(out)], cwd=HERE, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return read_metrics(out)
+
+
+@pytest.mark.slow
+def test_a_stop_abandons_the_step_and_resume_replays_it_exactly(tmp_path):
+    """2 processes; SIGTERM to one rank only, during the rollout (the other rank is mid-decode) and
+    between update micro-batches: checkpoint-1 as of step 2's start, one line, and the resumed run's
+    steps 2 and 3 equal an uninterrupted run's, value for value."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    res = subprocess.run([*torchrun, "train.py", *STOPPABLE, "--steps", "3", "--out", str(tmp_path / "whole")],
+                         cwd=HERE, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    whole = [NOT_TIMED(r) for r in read_metrics(tmp_path / "whole")]
+    for where, rank in (("rollout", 1), ("update", 0)):
+        part = run_with_stop(tmp_path, tmp_path / where, where, rank, torchrun)
+        assert [NOT_TIMED(r) for r in part] == whole, where
+
+
+@pytest.mark.slow
+def test_stop_and_resume_with_two_torchrun_agents_as_two_nodes(tmp_path):
+    """Two nodes simulated on one machine (two torchrun agents, one process each, c10d rendezvous): a
+    stop on node 1 and a resume equal an uninterrupted run on the same two nodes, value for value (one
+    2-process node differs in the last bits: other reduction order), and each checkpoint file is there once."""
+    def agents(argv):
+        with __import__("socket").socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        launch = lambda node: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--node_rank",
+                               str(node)]
+        procs = [subprocess.Popen([*launch(n), *argv], cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=dict(os.environ, STOP_IN="rollout", STOP_STEP="2", STOP_RANK="1",
+                                                      PYTHONPATH=HERE)) for n in (0, 1)]
+        errs = [p.communicate(timeout=600)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+        return errs[0] + errs[1]
+
+    (tmp_path / "stop_at.py").write_text(STOP_AT)
+    out = tmp_path / "run"
+    err = agents([str(tmp_path / "stop_at.py"), *STOPPABLE, "--steps", "3", "--out", str(out)])
+    assert err.count("SIGTERM: step 2 abandoned; checkpoint-1 complete") == 1, err[-3000:]
+    files = sorted(os.path.relpath(os.path.join(d, f), out / "checkpoint-1") for d, _, fs in os.walk(out / "checkpoint-1")
+                   for f in fs)
+    assert [f for f in files if f.startswith("trainer")] == [
+        "trainer/.metadata", "trainer/__0_0.distcp", "trainer/__1_0.distcp", "trainer/rng-0.safetensors",
+        "trainer/rng-1.safetensors", "trainer/state.json"] and "model.safetensors" in files
+    agents(["train.py", "--resume", "--out", str(out)])
+    agents(["train.py", *STOPPABLE, "--steps", "3", "--out", str(tmp_path / "whole")])
+    assert [NOT_TIMED(r) for r in read_metrics(out)] == [NOT_TIMED(r) for r in read_metrics(tmp_path / "whole")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,target,sig", [("python", "self", "SIGUSR1"), ("torchrun", "workers", "SIGTERM"),
+                                                 ("torchrun", "torchrun", "SIGTERM")])
+def test_a_signal_mid_step_saves_the_previous_step_within_the_grace_period(tmp_path, launcher, target, sig):
+    """Steps of many seconds (the untrained model rarely ends a response, 300 new tokens): a real signal
+    from outside, a second into step 1's rollout, gives checkpoint-0 and the one line, no worker
+    traceback; sent to torchrun, its workers finish before its 30 s shutdown timeout (it SIGKILLs them
+    then), so the checkpoint proves the bound. The checkpoint resumes."""
     import signal as _signal
     import time as _time
     out = tmp_path / "run"
     cmd = ([sys.executable, "train.py"] if launcher == "python" else
            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py"])
-    proc = subprocess.Popen([*cmd, *RUN, "--steps", "500", "--out", str(out)], cwd=HERE, stdout=subprocess.PIPE,
+    long_steps = [*RUN, "--warmup_steps", "0", "--max_new_tokens", "300", "--prompts_per_step", "8", "--eval_size", "0",
+                  "--micro_batch", "4"]
+    proc = subprocess.Popen([*cmd, *long_steps, "--steps", "1", "--out", str(out)], cwd=HERE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = _time.time() + 300
-    while _time.time() < deadline and not ((out / "metrics.jsonl").exists() and
-                                           len((out / "metrics.jsonl").read_text().splitlines()) >= 3):
-        _time.sleep(0.5)
-    if launcher == "python":
-        proc.send_signal(_signal.SIGTERM)
-    else:  # the workers, as a cluster scheduler signals them
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        for pid in children:
-            os.kill(int(pid), _signal.SIGTERM)
+    while _time.time() < deadline and not (out / "metrics.jsonl").exists():
+        _time.sleep(0.2)
+    _time.sleep(1)
+    signum = getattr(_signal, sig)
+    if target == "workers":  # as a cluster scheduler signals every task
+        for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signum)
+    else:
+        proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == (130 if launcher == "python" else 0), err[-3000:]
-    lines = [l for l in err.splitlines() if "stopped after step" in l]
-    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err
-    step = int(lines[0].split("stopped after step ")[1].split(":")[0])
-    assert (out / f"checkpoint-{step}" / "trainer" / "state.json").exists()
-    assert read_metrics(out)[-1]["step"] == step
+    assert proc.returncode == {"self": 130, "workers": 0, "torchrun": 1}[target], err[-3000:]
+    lines = [l for l in err.splitlines() if "abandoned" in l]
+    assert len(lines) == 1 and lines[0].startswith(f"{sig}: step 1 abandoned; checkpoint-0 complete "), err[-3000:]
+    assert "Traceback" not in err.split(lines[0])[0]  # (after it, a signalled torchrun prints its own)
+    assert (out / "checkpoint-0" / "trainer" / "state.json").exists() and not (out / "final").exists()
+    res = subprocess.run([*cmd, "--resume", "--out", str(out), "--max_new_tokens", "8"], cwd=HERE,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out)] == [0, 1] and (out / "final" / "model.safetensors").exists()
 
 
 def test_out_holding_another_run_is_refused(tmp_path, capsys, monkeypatch):

@@ -1,10 +1,8 @@
 """The built-in tiny models, their tokenizers and toy tasks, so the trainer runs with no download.
 
-A toy task is a function rng -> {"question", "answer"} whose answer verify.py checks, plus a
-`hint(row, rng)`: a plausible-looking reference that is *not* the answer, used by the cold start.
-The cold start (`warmup`) stands in for instruction tuning: it teaches the answer format and to copy
-a reference given in the teacher prompt, never the task itself, so RL starts near chance with a
-teacher that the privileged answer really helps.
+A toy task is a function rng -> {"question", "answer"} plus a `hint(row, rng)`: a plausible reference that is *not*
+the answer. The cold start (`warmup`) stands in for instruction tuning: it teaches the answer format and to copy the
+teacher prompt's reference, never the task, so RL starts near chance with a teacher that the answer really helps.
 """
 import random
 
@@ -30,13 +28,9 @@ def largest_hint(row, rng):
 def pairs(rng):
     """The larger digit of each of four pairs: "Larger of each pair: 7 9, 1 5, 9 8, 7 5" -> "9597".
 
-    Credit assignment matters: the answer is four tokens, each decided on its own (token k is the larger
-    digit of pair k, whatever the other tokens are), and the reward is on the whole answer, so a wrong
-    answer such as "9587" has right and wrong tokens, which a teacher shown "9597" tells apart token
-    by token. Chance is 1 in 16 per answer; the same skill (compare two digits) serves every position;
-    4 pairs from 72 ordered pairs make 26.9M questions, too many to memorise. Digits 1-9 and distinct
-    within a pair: no answer has a leading zero (verify.py compares numbers, "0597" == "597"), the
-    larger digit is unique, and every other choice is a different number, so it scores 0."""
+    Credit assignment matters: four answer tokens, each decided on its own, one reward for the whole answer, so a
+    wrong "9587" has right and wrong tokens that a teacher shown "9597" tells apart. Chance 1 in 16, 26.9M questions.
+    Digits 1-9, distinct within a pair: no leading zero (verify.py compares numbers), every other choice scores 0."""
     ps = [rng.sample(range(1, 10), 2) for _ in range(4)]
     return {"question": "Larger of each pair: " + ", ".join(f"{a} {b}" for a, b in ps),
             "answer": "".join(str(max(p)) for p in ps)}
@@ -55,11 +49,10 @@ def task_data(task, n_train, n_eval, seed):
     make = {**TASKS, **VL_TASKS}[task][0]
     rng = random.Random(seed)
     held = {}
-    for _ in range(100 * n_eval):
-        if len(held) == n_eval:
-            break
-        ex = make(rng)
-        held[ex.get("key", ex["question"])] = ex
+    for _ in range(100 * n_eval):  # tries: a small task may have fewer than n_eval questions
+        if len(held) < n_eval:
+            ex = make(rng)
+            held[ex.get("key", ex["question"])] = ex
     train = []
     while len(train) < n_train:
         ex = make(rng)
@@ -70,9 +63,8 @@ def task_data(task, n_train, n_eval, seed):
 
 # ----------------------------------------------------------------------------- the text model
 def tokenizer(phrases):
-    """A Qwen2 tokenizer with one token per byte (no merges) and pad == EOS, as many real tokenizers,
-    plus one token for each of `phrases` (the fixed parts of the prompt templates) and for the answer
-    tags, so that sequences stay short. Being a Qwen2Tokenizer, it reloads with AutoTokenizer."""
+    """A Qwen2Tokenizer (reloads with AutoTokenizer): one token per byte, pad == EOS as in many real tokenizers,
+    and one token for each of `phrases` (fixed parts of the templates) and the answer tags: short sequences."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(bytes_to_unicode().values())}}
@@ -160,8 +152,7 @@ COLORS = ["red", "green", "blue", "yellow"]
 
 
 def color(rng):
-    """A red, green, blue or yellow disc or square of random size and place in a 32 x 32 picture (one
-    image token): what colour is it?"""
+    """What colour is the red, green, blue or yellow disc or square in a 32 x 32 picture (one image token)?"""
     from PIL import Image, ImageDraw
     image = Image.new("RGB", (32, 32), "white")
     c, size = rng.choice(COLORS), rng.randint(10, 24)
@@ -180,19 +171,15 @@ VL_TASKS = {"color": (color, color_hint)}
 
 def spec(model, task):
     """(processor, config, dtype) of a built-in model: the tiny Qwen2 (model None) or tiny-vl; else None."""
-    if model == "tiny-vl":
-        proc = vl_processor(phrases(task))
-        return proc, vl_config(proc), torch.float32
-    if model is None:
-        tok = text_tokenizer(task)
-        return tok, text_config(tok), torch.float32
-    return None
+    if model not in (None, "tiny-vl"):
+        return None
+    proc = (vl_processor if model else tokenizer)(phrases(task))
+    return proc, (vl_config if model else text_config)(proc), torch.float32
 
 
 # ----------------------------------------------------------------------------- the cold start
 def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
-    """Format cold start, supervised, with h = hint(row): a plausible reference, not the answer
-    (so no task skill is taught):
+    """Supervised format cold start with h = hint(row), a plausible reference, not the answer (no task skill taught):
         student prompt                  -> <answer>h</answer>   (the format, a guess)
         teacher prompt with reference h -> <answer>h</answer>   (reads a given reference)
     `proc` is the tokenizer, or the processor of a VLM (rows then carry their images)."""
@@ -207,7 +194,7 @@ def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
             text = teacher_prompt(r["question"], h) if rng.random() < 0.5 else student_prompt(r["question"])
             ims = [open_image(i) for i in r.get("images", [])]
             prompt = prompt_ids(proc, format_prompt(proc, text, len(ims)), [im.size for im in ims])
-            seqs.append(prompt + tok(f"<answer>{h}</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+            seqs.append(prompt + tok.encode(f"<answer>{h}</answer>", add_special_tokens=False) + [tok.eos_token_id])
             starts.append(len(prompt))
             images += ims
         ids, mask = left_pad(seqs, tok.pad_token_id)

@@ -38,10 +38,11 @@ from verify import reward
 
 # ----------------------------------------------------------------------------- arguments
 # Flags left at None take the paper's value with --model, the toy value without it (or with tiny-vl).
-PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=4096, micro_batch=4, gen_batch="auto",
-             eval_size=256, gradient_checkpointing=True, save_every=50, steps=300, warmup_steps=0)
-TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16, micro_batch=256, gen_batch="auto",
-           eval_size=256, gradient_checkpointing=False, save_every=0, steps=300, warmup_steps=600)
+PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=4096,
+             micro_batch=4, gen_batch="auto", eval_size=256, gradient_checkpointing=True, save_every=50, steps=300,
+             warmup_steps=0)
+TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16, micro_batch=256,
+           gen_batch="auto", eval_size=256, gradient_checkpointing=False, save_every=0, steps=300, warmup_steps=600)
 TINY_VL = dict(TOY, lr=5e-4, prompts_per_step=32, eval_size=128, steps=150, warmup_steps=200)  # --model tiny-vl
 
 
@@ -102,6 +103,7 @@ def parse_args(argv=None):
     a("--eval_size", type=int, default=None)
     a("--save_every", type=int, default=None,
       help="resumable checkpoint every N steps; 0 = only the final model (paper preset 50)")
+    a("--save_every_min", type=float, default=0, metavar="M", help="also save when M minutes passed since the last")
     a("--keep_last", type=int, default=0, help="keep the K newest checkpoints; 0 = all")
     a("--resume", nargs="?", const="latest", default=None, metavar="PATH",
       help="continue a stopped run: its latest complete checkpoint in --out, or the checkpoint PATH")
@@ -151,8 +153,9 @@ def check_args(args, world):
         "teacher_sync": (0, None, True), "jsd_beta": (0, 1, False), "distill_coef": (0, None, True),
         "clip_low": (0, 1, (True, False)), "clip_high": (0, None, True), "micro_batch": (1, None, True),
         "eval_every": (0, None, True), "eval_size": (0, None, True), "save_every": (0, None, True),
-        "keep_last": (0, None, True), "dump_credit": (0, None, True), "max_bad_steps": (1, None, True),
-        "warmup_steps": (0, None, True), "timeout_min": (0, None, False), "max_pixels": (1, None, True)}
+        "save_every_min": (0, None, True), "keep_last": (0, None, True), "dump_credit": (0, None, True),
+        "max_bad_steps": (1, None, True), "warmup_steps": (0, None, True), "timeout_min": (0, None, False),
+        "max_pixels": (1, None, True)}
     for k, (lo, hi, closed) in ranges.items():
         v, (lo_ok, hi_ok) = getattr(args, k), closed if isinstance(closed, tuple) else (closed, closed)
         if v is not None and ((v < lo if lo_ok else v <= lo) or (hi is not None and (v > hi if hi_ok else v >= hi))):
@@ -165,9 +168,12 @@ def check_args(args, world):
 
 
 # ----------------------------------------------------------------------------- the phases of a step
-def rollout(model, proc, refs, images, *, max_new_tokens, temperature, top_p, gen_batch, eos, generator=None):
+
+def rollout(model, proc, refs, images, *, max_new_tokens, temperature, top_p, gen_batch, eos, generator=None,
+            poll=None):
     """Step 1: one response per entry of refs (a row repeated G times: a group stays consecutive);
-    images[i] holds the image inputs of refs[i]. Call with the parameters gathered. Returns a dict:
+    images[i] holds the image inputs of refs[i]. Call with the parameters gathered; poll() runs between
+    decode chunks. Returns a dict:
     resp [N, T], resp_mask [N, T], logp (the sampler's token log-probs) [N, T], texts, gen_batch."""
     tok = hf.tokenizer_of(proc)
     pad, device = tok.pad_token_id, next(model.parameters()).device
@@ -177,32 +183,41 @@ def rollout(model, proc, refs, images, *, max_new_tokens, temperature, top_p, ge
     for i in range(0, len(prompts), step):
         ids, mask = left_pad(prompts[i:i + step], pad)
         outs.append(generate(model, ids.to(device), mask.to(device), max_new_tokens, eos, pad, temperature, top_p,
-                             generator, **hf.cat_images(images[i:i + step])))
+                             generator, poll=poll, **hf.cat_images(images[i:i + step])))
     T = max(o[0].shape[1] for o in outs)
     resp, resp_mask, logp = (torch.cat([torch.nn.functional.pad(o[k], (0, T - o[k].shape[1]), value=0 if k else pad)
                                         for o in outs]) for k in range(3))  # [N, T] each
     texts = tok.batch_decode([r[m.bool()] for r, m in zip(resp, resp_mask)], skip_special_tokens=True)
-    return dict(resp=resp, resp_mask=resp_mask, logp=logp, texts=texts, gen_batch=step)
+    ended = (torch.isin(resp, torch.tensor(sorted(eos), device=device)) & resp_mask.bool()).any(1)  # [N]
+    return dict(resp=resp, resp_mask=resp_mask, logp=logp, texts=texts, ended=ended, gen_batch=step)
 
 
-def rewards_of(texts, refs, device):
-    """Step 2: r_i = 1 if response i's final answer equals the reference, else 0. [N]"""
-    return torch.tensor([reward(t, r["answer"], r.get("options")) for t, r in zip(texts, refs)], device=device)
+def rewards_of(roll, refs):
+    """Step 2: r_i = 1 if response i ended (EOS within --max_new_tokens) and its final answer equals the
+    reference, else 0. [N] A response cut off at the budget has not given its final answer: crediting
+    the last answer it happened to write would reward responses that never stop."""
+    texts, ended = roll["texts"], roll["ended"]
+    return ended * torch.tensor([reward(t, r["answer"], r.get("options")) for t, r in zip(texts, refs)],
+                                device=ended.device)
 
 
 @torch.no_grad()
-def teacher_logprobs(teacher, ids, mask, resp, resp_mask, images, micro_batch, temperature):
+def teacher_logprobs(teacher, ids, mask, resp, resp_mask, images, micro_batch, temperature, poll=lambda: None):
     """Step 4: logp_T = log pi_teacher(y_t | x, a, y_<t) on the teacher prompt [N, P'] + the student's
-    response [N, T], read at the response columns; micro-batched, parameters gathered once for the pass."""
-    mb = micro_batch
+    response [N, T], read at the response columns; micro-batched (poll() before each), parameters
+    gathered once for the pass."""
+    mb, out = micro_batch, []
     with gathered(teacher):
-        return torch.cat([response_logprobs(teacher, ids[i:i + mb], mask[i:i + mb], resp[i:i + mb], resp_mask[i:i + mb],
-                                            temperature, **hf.cat_images(images[i:i + mb]))
-                          for i in range(0, resp.shape[0], mb)])
+        for i in range(0, resp.shape[0], mb):
+            poll()
+            out.append(response_logprobs(teacher, ids[i:i + mb], mask[i:i + mb], resp[i:i + mb], resp_mask[i:i + mb],
+                                         temperature, **hf.cat_images(images[i:i + mb])))
+    return torch.cat(out)
 
 
 def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0.2, clip_high=0.28, grad_clip=1.0,
-               temperature=1.0, micro_batch=4, jsd_beta=0.5, distill_coef=1.0, world=1, teacher=None):
+               temperature=1.0, micro_batch=4, jsd_beta=0.5, distill_coef=1.0, world=1, teacher=None,
+               poll=lambda: None):
     """Steps 5-9 on this rank's share of the step's batch, then one optimizer step.
 
     batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], adv [N], logp_teacher [N, T] (None
@@ -212,7 +227,8 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0
     logp.detach() (rho = 1) and no separate old-policy pass is needed. Each micro-batch's loss is its
     summed token loss / the global token count, so adding the micro-batches of all ranks gives the
     global token mean; FSDP averages gradients over ranks, so the loss is multiplied by world to turn
-    that average back into the sum. Returns named diagnostics, token-weighted over all ranks."""
+    that average back into the sum. poll() runs before each micro-batch (it may raise: never after the
+    optimizer step). Returns named diagnostics, token-weighted over all ranks."""
     dev = batch["resp"].device
     num_tokens = max(all_reduce_sum([batch["resp_mask"].sum().item()], dev)[0], 1.0)
     distill = algo in ("opsd", "grpo+opsd")
@@ -222,6 +238,7 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0
     sums = dict.fromkeys(["loss", "clip", "entropy", "delta", "w", "low", "high", "jsd", "n", "nw"], 0.0)
     with gathered(teacher) if distill else contextlib.nullcontext():
         for i in range(0, batch["resp"].shape[0], micro_batch):
+            poll()
             mb = {k: v[i:i + micro_batch] if v is not None else None for k, v in batch.items()}
             mask, images = mb["resp_mask"], hf.cat_images(mb["images"] or [])
             hidden = response_hidden(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask, **images)
@@ -286,19 +303,19 @@ def evaluate(model, proc, rows, rank, world, device, **sampling):
         return None
     mine, correct = rows[rank::world], 0.0
     model.eval()
-    with gathered(model):  # collective: every rank enters, even one with no rows
+    with rundir.stoppable(device), gathered(model):  # collective: every rank enters, even one with no rows
         if mine:
-            texts = rollout(model, proc, mine, row_images(proc, mine, device), temperature=0.0, **sampling)["texts"]
-            correct = sum(reward(t, r["answer"], r.get("options")) for t, r in zip(texts, mine))
+            roll = rollout(model, proc, mine, row_images(proc, mine, device), temperature=0.0, poll=rundir.poll,
+                           **sampling)
+            correct = rewards_of(roll, mine).sum().item()
     c, n = all_reduce_sum([correct, len(mine)], device)
     return c / max(n, 1)
 
 
-def step_metrics(step, roll, rewards, eos, lam, stats, algo, device, t0, t_rollout, t_teacher, t_update):
+def step_metrics(step, roll, rewards, lam, stats, algo, device, t0, t_rollout, t_teacher, t_update):
     """The step's line of metrics.jsonl: means over all ranks, and the phases' seconds."""
-    resp, resp_mask, texts = roll["resp"], roll["resp_mask"], roll["texts"]
-    truncated = ~(torch.isin(resp, torch.tensor(sorted(eos), device=device)) & resp_mask.bool()).any(1)
-    sums = all_reduce_sum([rewards.sum().item(), len(texts), resp_mask.sum().item(), truncated.sum().item(),
+    resp_mask, texts = roll["resp_mask"], roll["texts"]
+    sums = all_reduce_sum([rewards.sum().item(), len(texts), resp_mask.sum().item(), (~roll["ended"]).sum().item(),
                            sum(map(leaked, texts))], device)
     n, dt = sums[1], time.time() - t0
     return {"step": step, "train/reward": sums[0] / n, "train/response_len": sums[2] / n,
@@ -361,7 +378,7 @@ def build_models(args, config, full_state, device, world):
 # ----------------------------------------------------------------------------- main
 @entry_point
 def main(argv=None):
-    rundir.catch_stop_signals()  # a stop request is honoured after the step in progress
+    rundir.catch_stop_signals()  # a stop request abandons the step in progress: see the loop
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_args(args, world)
@@ -401,67 +418,75 @@ def main(argv=None):
     update = dict(algo=args.algo, eps_w=args.eps_w, clip_low=args.clip_low, clip_high=args.clip_high,
                   grad_clip=args.grad_clip, temperature=args.temperature, micro_batch=args.micro_batch,
                   jsd_beta=args.jsd_beta, distill_coef=args.distill_coef, world=world)
-    acc0 = None
-    if run.start == 1:
-        acc0 = evaluate(model, proc, eval_rows, rank, world, device, **sampling)
-        run.write({"step": 0, "eval/accuracy": acc0})
-    order, bad, rec, G, per_rank = run.order, run.bad, {}, args.group_size, args.prompts_per_step // world
-    tok = hf.tokenizer_of(proc)
+    order, bad, G, per_rank = run.order, run.bad, args.group_size, args.prompts_per_step // world
+    tok, rec, step, acc0 = hf.tokenizer_of(proc), {}, run.start - 1, None
+    agree = partial(rundir.agree, device)  # a safe point to abandon the step (collective)
     bar = tqdm(range(run.start, args.steps + 1), disable=rank != 0, desc=args.algo, dynamic_ncols=True,
                initial=run.start - 1, total=args.steps)
-    for step in bar:
-        t0 = time.time()
-        idx, order = data.take_prompts(order, len(train_rows), args.prompts_per_step, args.seed, step)
-        rows = [train_rows[i] for i in idx[rank * per_rank:(rank + 1) * per_rank]]  # this rank's share
-        refs = [r for r in rows for _ in range(G)]  # [N]: each prompt G times, a group consecutive
-        images = [per_row for per_row in row_images(proc, rows, device) for _ in range(G)]
+    try:  # a stop request raises Stopped on every rank at the next safe point: see rundir.Run.abandon
+        agree()  # one during the model load or the cold start
+        if run.pending is not None:  # step 0's held-out accuracy, or one that a stop cut short
+            rec = run.pending
+            rec = {**rec, "eval/accuracy": evaluate(model, proc, eval_rows, rank, world, device, **sampling)}
+            acc0 = rec["eval/accuracy"] if step == 0 else None
+            run.write(rec)
+        for step in bar:
+            t0 = time.time()
+            run.begin_step(step, order, bad)  # what a stop during this step saves
+            idx, order = data.take_prompts(order, len(train_rows), args.prompts_per_step, args.seed, step)
+            rows = [train_rows[i] for i in idx[rank * per_rank:(rank + 1) * per_rank]]  # this rank's share
+            refs = [r for r in rows for _ in range(G)]  # [N]: each prompt G times, a group consecutive
+            images = [per_row for per_row in row_images(proc, rows, device) for _ in range(G)]
 
-        # ---- 1. group sampling (parameters stay gathered for the whole rollout)
-        model.eval()
-        with gathered(model):
-            roll = rollout(model, proc, refs, images, temperature=args.temperature, generator=gen, **sampling)
-        resp, resp_mask = roll["resp"], roll["resp_mask"]
-        t_rollout = time.time()
+            # ---- 1. group sampling (parameters stay gathered for the whole rollout)
+            model.eval()
+            with rundir.stoppable(device), gathered(model):
+                roll = rollout(model, proc, refs, images, temperature=args.temperature, generator=gen,
+                               poll=rundir.poll, **sampling)
+            resp, resp_mask = roll["resp"], roll["resp_mask"]
+            t_rollout = time.time()
 
-        # ---- 2-3. binary rewards, group advantages
-        rewards = rewards_of(roll["texts"], refs, device)  # [N]
-        adv = group_advantages(rewards, G)  # [N]
+            # ---- 2-3. binary rewards, group advantages
+            rewards = rewards_of(roll, refs)  # [N]
+            adv = group_advantages(rewards, G)  # [N]
 
-        # ---- 4. teacher pass: teacher prompt + the same response tokens (skipped once lam = 0)
-        lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if args.algo == "rlsd" else 0.0
-        t_ids, t_mask = (t.to(device) for t in left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id))
-        logp_teacher = (teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, images, args.micro_batch,
-                                         args.temperature) if lam > 0 else None)  # [N, T]
-        if args.dump_credit and logp_teacher is not None and rank == 0:
-            rundir.write_credit(os.path.join(args.out, "credit.jsonl"), step, tok, refs, resp, resp_mask, rewards, adv,
-                                logp_teacher - roll["logp"], args.dump_credit)
-        t_teacher = time.time()
+            # ---- 4. teacher pass: teacher prompt + the same response tokens (skipped once lam = 0)
+            lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if args.algo == "rlsd" else 0.0
+            t_ids, t_mask = (t.to(device) for t in left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id))
+            logp_teacher = (teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, images, args.micro_batch,
+                                             args.temperature, agree) if lam > 0 else None)  # [N, T]
+            if args.dump_credit and logp_teacher is not None and rank == 0:
+                rundir.write_credit(os.path.join(args.out, "credit.jsonl"), step, tok, refs, resp, resp_mask, rewards,
+                                    adv, logp_teacher - roll["logp"], args.dump_credit)
+            t_teacher = time.time()
 
-        # ---- 5-9. token advantages and the policy update; then the teacher refresh
-        s_ids, s_mask = (t.to(device) for t in left_pad([r["student_ids"] for r in refs], tok.pad_token_id))
-        batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
-                     logp_teacher=logp_teacher, images=images, teacher_ids=t_ids, teacher_mask=t_mask)
-        stats = train_step(model, opt, batch, lam=lam, teacher=teacher, **update)
-        if args.algo == "rlsd" and args.teacher_sync and step % args.teacher_sync == 0:
-            sync_teacher(teacher, model)
-        t_update = time.time()
+            # ---- 5-9. token advantages and the policy update; then the teacher refresh
+            s_ids, s_mask = (t.to(device) for t in left_pad([r["student_ids"] for r in refs], tok.pad_token_id))
+            batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
+                         logp_teacher=logp_teacher, images=images, teacher_ids=t_ids, teacher_mask=t_mask)
+            stats = train_step(model, opt, batch, lam=lam, teacher=teacher, poll=agree, **update)
+            if args.algo == "rlsd" and args.teacher_sync and step % args.teacher_sync == 0:
+                sync_teacher(teacher, model)
+            t_update = time.time()
 
-        # ---- metrics, held-out accuracy, checkpoint / stop
-        rec = step_metrics(step, roll, rewards, eos, lam, stats, args.algo, device, t0, t_rollout, t_teacher, t_update)
-        bad = bad + 1 if stats["skipped"] else 0
-        if stats["skipped"] and rank == 0:
-            tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")
-        if bad >= args.max_bad_steps:
-            raise UserError(f"{bad} non-finite steps in a row (--max_bad_steps): lower --lr or check the data")
-        if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
-            rec["eval/accuracy"] = evaluate(model, proc, eval_rows, rank, world, device, **sampling)
-        bar.set_postfix(reward=f"{rec['train/reward']:.3f}", s_step=f"{rec['time/step_s']:.2f}",
-                        **({"eval": f"{rec['eval/accuracy']:.3f}"} if rec.get("eval/accuracy") is not None else {}))
-        if run.end_step(step, rec, order, bad):  # a stop request: every rank saved this step
-            break
+            # ---- metrics, held-out accuracy, checkpoint / stop
+            rec = step_metrics(step, roll, rewards, lam, stats, args.algo, device, t0, t_rollout, t_teacher, t_update)
+            bad = bad + 1 if stats["skipped"] else 0
+            if stats["skipped"] and rank == 0:
+                tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")
+            if bad >= args.max_bad_steps:
+                raise UserError(f"{bad} non-finite steps in a row (--max_bad_steps): lower --lr or check the data")
+            if (args.eval_every and step % args.eval_every == 0) or step == args.steps:
+                rec["eval/accuracy"] = evaluate(model, proc, eval_rows, rank, world, device, **sampling)
+            bar.set_postfix(reward=f"{rec['train/reward']:.3f}", s_step=f"{rec['time/step_s']:.2f}",
+                            **({"eval": f"{rec['eval/accuracy']:.3f}"} if rec.get("eval/accuracy") is not None else {}))
+            if run.end_step(step, rec, order, bad):  # a stop request: every rank saved this step
+                break
+    except rundir.Stopped:
+        run.abandon(step, rec, order, bad)
     bar.close()
     code = run.finish()  # the final model, or the line that says how to resume
-    if rank == 0 and run.stopped_at is None:
+    if rank == 0 and not run.stopped:
         print(f"eval/accuracy {acc0} -> {rec.get('eval/accuracy', acc0)}; model in {os.path.join(args.out, 'final')}")
     torch.distributed.destroy_process_group()
     return code

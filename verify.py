@@ -1,77 +1,82 @@
 """Binary answer verification: reward 1.0 when a response's final answer equals the reference.
 
-Extraction, first rule that applies (reasoning inside <think>...</think> is dropped first; an
-unclosed <think> means there is no answer yet):
-  1. answer_tag  the last <answer>...</answer>; an empty tag is an empty answer (reward 0)
-  2. boxed       the last \\boxed{...} or \\fbox{...}, nested braces matched; skipped when a
-                 "Final Answer: ..." / "final answer is" statement follows it (hendrycks / Minerva)
-  3. answer_is   "the (final) answer is X": the last one, up to the end of its line or sentence
-  4. answer_line the text after the last "Answer:" / "Final answer:" (at most 80 characters before
-                 it on its line: "The answer: D") or after a "####" opening a line (GSM8K), up to
-                 the end of its line or sentence
-     For 3 and 4, X is kept when it is a bare answer (a value, a list, a matrix, choice letters);
-     else what follows its last "is"/"are"/"equals" if that is bare or at most 3 words ("The
-     volume is 120" -> 120); else its sole value or letter as in rule 8, no conclusion needed
-     ("Jane started 3 hours ago" -> 3); else X as text.
-  5. math_only   the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\)
-                 or \\[...\\] (a display may span lines); its content, whatever it is
-  6. last_line   the last non-empty line if it is a bare answer (a number, a closed form,
-                 "x = 5", a choice letter only when it is the whole response), else what follows
-                 its last "=" if that is a number or closed form
-  7. leading_choice  (multiple choice only) the response opens with a labelled letter: "B.",
-                 "(B)", "B)", "B:", "**B**"; not when the text lists two or more labelled options
-  8. free_text   the last sentence (split at . ! ? 。 and line ends; at most 600 characters).
-       Multiple choice: its last standalone capital letter within the options ("A" and "I"
-         before a lowercase word are the article and the pronoun, unless the word is a verb or
-         and/or); refused when joined to the letter before it by or/and/","/"/" ("C or D"), when
-         the sentence is only a letter (unless bold) or lists labelled options. With no letter
-         at all, the number rule (an option's text counts as its letter).
-       Otherwise: its sole value, counted from the clause of its last conclusion word (so, thus,
-         therefore, total, answer, 所以, 一共, итак, donc, ...; else the whole sentence; after an
-         "=" only what follows the last one): a plain number (1,250, 3/4, 12:30, 30 %; "$1.45"
-         followed by words is currency) or a math span with a digit. The sentence must conclude:
-         a conclusion word, a bold value (**42**) or an "=".
-     Refused: a hedge or an echo of the task anywhere in the sentence (maybe, perhaps, not sure,
-     guess, either, could, let, if, suppose, given, find, what, how many, question, "?"; for
-     numbers also "or"), or a negation or bound in the clause of the value or letter (not,
-     cannot, wrong, false, at least, more than, except: "So B is wrong", "not 5"). No question
-     text reaches the reward, so an echo is a sentence that restates or asks the task or lists
-     several values: listing numbers, hedging "3 or 4" or repeating the question's numbers
-     without concluding earns nothing.
+Extraction, first rule that applies (reasoning inside <think>...</think> is dropped first; an unclosed <think> means
+there is no answer yet):
+  1. answer_tag  the last <answer>...</answer>; an empty tag is an empty answer (reward 0). Its content starts at
+                 the first <answer> after the tag before it: "<answer>x<answer>9</answer>" is malformed (0)
+  2. boxed       the last \\boxed{...} or \\fbox{...}, nested braces matched; skipped when a "Final Answer: ..." /
+                 "final answer is" statement follows it (hendrycks / Minerva)
+  3. answer_is   "the (final) answer is X": the last one, up to the end of its line or sentence ("80!" is 80),
+                 unless a hedge precedes it in its sentence ("I guess the answer is")
+  4. answer_line the text after the last "Answer:" / "Final answer:" (at most 80 characters before it on its line:
+                 "The answer: D") or after a "####" opening a line (GSM8K), up to the end of its line or sentence
+     For 3 and 4, X is kept when it is a bare answer (a value, a list, a matrix, choice letters); else what follows
+     its last "is"/"are"/"equals" if that is bare or at most 3 words ("The volume is 120" -> 120); else its sole
+     value or letter as in rule 9, no conclusion needed ("Jane started 3 hours ago" -> 3); else X as text. Both are
+     skipped when a self-correction follows within 2400 characters (wait, actually, sorry, mistake, "no,", ...:
+     "The answer is 80. Wait, no, it's 81").
+  Rules 5-9 first drop up to 3 closing courtesy sentences without a digit ("I hope this helps!").
+  5. leading_value  (no choice; at most 2400 characters) the response opens with a plain number, bold or not, that
+                 ends its sentence or line: "80. To get this, I added 51 and 29."; not before a numbered list,
+                 "step", a hedge or a self-correction
+  6. math_only   the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\) or \\[...\\]
+                 (a display may span lines); its content, unless bare arithmetic (rule 7)
+  7. last_line   the last non-empty line if it is a bare answer (a number, 20%, a closed form, "x = 5", a choice
+                 letter only when it is the whole response), else what follows its last "=" if that is a number or
+                 closed form and the line has no hedge or negation; bare arithmetic of plain numbers ("51 + 29",
+                 "x = 5 + 3") answers nothing
+  8. leading_choice  (multiple choice only) the response opens with a labelled letter: "B.", "(B)", "B)", "B:",
+                 "**B**"; not when the text lists two or more labelled options
+  9. free_text   the last sentence (split at . ! ? 。 and line ends; at most 600 characters).
+       Multiple choice: its last standalone capital letter within the options ("A" and "I" before a lowercase
+         word are the article and the pronoun, unless the word is a verb or and/or); refused when joined to the
+         letter before it by or/and/","/"/" ("C or D"), when the sentence is only a letter (unless bold) or lists
+         labelled options. With no letter at all, the number rule (an option's text counts as its letter).
+       Otherwise: its sole value, counted from the clause of a conclusion word (so, thus, total, answer, now, left,
+         所以, 一共, итак, donc, ...) or from after a result verb (is, equals, gives, get, makes, comes to, adds up
+         to, has, needs, costs, takes, it's, ...; operands before it do not count: "The sum of 51 and 29 is 80"),
+         the last of these with a value after it, else the whole sentence; after an "=" only what follows the last
+         one: a plain number (1,250, 3/4, 12:30, 30 %, negative 5, eighty-one; "$1.45" followed by words is
+         currency) or a math span with a digit. The sentence must conclude: a conclusion word, a result verb, a
+         bold value (**42**) or an "=".
+     Refused: a hedge or an echo of the task anywhere in the sentence (maybe, probably, not sure, guess, either,
+     could, suppose, question, "?"; for numbers also "or"), or a negation, bound or condition in the clause of the
+     value or letter (not, wrong, at least, more than, about, except, if, let, given, find, what, how many: "So B
+     is wrong", "not 5"; "If we multiply 7 by 8, we get 56" keeps 56). No question text reaches the reward, so an
+     echo is a sentence that restates or asks the task or lists several values: listing numbers, hedging "3 or 4"
+     or repeating the question's numbers without concluding earns nothing.
 
-Equivalence (is_equivalent), on both sides after stripping wrappers ($, \\(\\), \\text{},
-\\textbf{}, \\mathrm{} and kin, \\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words
-after a value, none of is/not/or/than/...: "5 cm", "\\frac{1}{3} meters", not "5 is too small"):
-  - a left-hand side that is a name is dropped: x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2),
-    \\frac{NO}{BO} = ..., S_{ABC}:S = 7:32, x \\in [0,1), x \\approx 11 (a name has letters and no
-    digit or + - * ^ outside subscripts and parentheses, so "2x + z = 1" keeps its left side);
-    chains x = 2 + 3 = 5 keep the last side; "x = 1/3 \\approx 0.33" keeps the exact 1/3;
-    f(y) = y equals f(x) = x (one-letter variable renamed);
-  - several answers joined by "or" are never equal to a single answer; "and" (also ", and") is a
-    list separator, so "19, 46, and 82" = "19, 46, 82";
-  - multiple choice: (B), B., B), "B) text", "Option B"; with `options`, an option's text counts as
-    its letter; several different letters are not one letter;
-  - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty =
-    \\infty), bare lists (split at commas, else semicolons) and \\{sets\\} in any order (a set
-    equals a bare list, never a tuple);
-  - numbers: integers exactly, anything else within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 =
-    1,\\!000 = 1 000; a/b, \\frac, \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation;
-    closed forms (+ - * / ^, parentheses, \\sqrt, \\pi, \\frac, n!) by value with a small bounded
-    evaluator (no eval); a decimal with at least 4 significant digits also equals a non-decimal
-    exact value or closed form that rounds to it at its number of places (2.6667 = 8/3, but
-    0.333 != 1/3 and 3.1416 != 3.14159);
-  - decimal commas (reward only: it sees the response): when the response is in a language that
-    writes them (Cyrillic, accented Latin letters, or a few words: ist, und, est, donc, es, la,
-    ...) and the reference is no choice, an answer 3,5 means 3.5 unless a 3-digit grouping
-    reading exists (3,500 stays 3500) or the reference is a list; in English 3,5 stays a list;
+Equivalence (is_equivalent), on both sides after stripping wrappers ($, \\(\\), \\text{}, \\textbf{}, \\mathrm{} and
+kin, \\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words after a value, none of is/not/or/than/...:
+"5 cm", "24 m²", "\\frac{1}{3} meters", not "5 is too small"; number words zero..ninety-nine, hundred, thousand and
+"negative 5" are numbers):
+  - a left-hand side that is a name is dropped: x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2), \\frac{NO}{BO} = ...,
+    S_{ABC}:S = 7:32, x \\in [0,1), x \\approx 11 (a name has letters and no digit or + - * ^ outside subscripts and
+    parentheses, so "2x + z = 1" keeps its left side); chains x = 2 + 3 = 5 and arithmetic 51 + 29 = 80 keep the
+    last side; "x = 1/3 \\approx 0.33" keeps the exact 1/3; f(y) = y equals f(x) = x (one-letter variable renamed);
+  - several answers joined by "or" are never equal to a single answer; "and" (also ", and") is a list separator,
+    so "19, 46, and 82" = "19, 46, 82";
+  - multiple choice: (B), B., B), "B) text", "Option B"; with `options`, an option's text counts as its letter;
+    several different letters are not one letter;
+  - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty = \\infty), bare lists
+    (split at commas, else semicolons) and \\{sets\\} in any order (a set equals a bare list, never a tuple);
+  - numbers: integers exactly, anything else within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 = 1,\\!000 = 1 000;
+    a/b, \\frac, \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation; closed forms (+ - * / ^, parentheses,
+    \\sqrt, \\pi, \\frac, n!) by value with a small bounded evaluator (no eval); a decimal with at least 4
+    significant digits also equals a non-decimal exact value or closed form that rounds to it at its number of
+    places (2.6667 = 8/3, but 0.333 != 1/3 and 3.1416 != 3.14159);
+  - decimal commas (reward only: it sees the response): when the response is in a language that writes them
+    (Cyrillic, accented Latin letters, or a few words: ist, und, est, donc, es, la, ...) and the reference is no
+    choice, an answer 3,5 means 3.5 unless a 3-digit grouping reading exists (3,500 stays 3500) or the reference
+    is a list; in English 3,5 stays a list;
   - percentages: x% equals x and x/100 (so 50% = 50 = 0.5, but 0.5 != 50 without a %);
   - otherwise text, case- and whitespace-insensitive.
 Linear time in the response length; long answers are compared as text; never raises.
 
 CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...]
-     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8
-                                      BOM is accepted; a non-UTF-8 byte, a bad row or an unreadable
-                                      file prints one "error: FILE:LINE: ..." line and exits 2)
+     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8 BOM is accepted;
+                                      a non-UTF-8 byte, a bad row or an unreadable file prints one
+                                      "error: FILE:LINE: ..." line and exits 2)
 """
 import argparse
 import math
@@ -89,8 +94,7 @@ BRACES = re.compile(r"\{+|\}+")
 
 
 def _last_braced(text, commands=("\\boxed", "\\fbox")):
-    """(content, end) of the last \\boxed{...} / \\fbox{...}; None if there is none or it is
-    unclosed within 100k characters."""
+    """(content, end) of the last \\boxed{...} / \\fbox{...}; None if none, or unclosed within 100k characters."""
     start, cmd = max((text.rfind(c + "{"), c) for c in commands)
     if start < 0:
         return None
@@ -113,16 +117,14 @@ SENTENCE_END = re.compile(r"(?<=[.!?؟])\s+|(?<=[。！？])|\n")
 
 
 def extract_with_rule(response, choice=0):
-    """(final answer string or None, name of the rule that found it). choice: the number of
-    option letters when the reference is a choice letter (free text is then searched for a
-    letter), else 0."""
-    text = response
-    if "</think>" in text:
-        text = text[text.rfind("</think>") + len("</think>"):]
-    elif "<think>" in text:
+    """(final answer string or None, name of the rule that found it). choice: the number of option letters
+    when the reference is a choice letter (free text is then searched for a letter), else 0."""
+    if "<think>" in response and "</think>" not in response:
         return None, "unclosed_think"
+    text = response.rsplit("</think>", 1)[-1]
     end = text.rfind("</answer>")
-    start = text.rfind("<answer>", 0, max(end, 0))
+    prev = text.rfind("</answer>", 0, max(end, 0))  # a tag closes the first <answer> after the previous one
+    start = text.find("<answer>", prev + len("</answer>") if prev >= 0 else 0, max(end, 0))
     if end >= 0 and start >= 0:
         return text[start + len("<answer>"):end].strip(), "answer_tag"
     boxed = _last_braced(text)
@@ -131,27 +133,38 @@ def extract_with_rule(response, choice=0):
     window = text[-100_000:]
     low = window.encode("ascii", "replace").decode().lower()  # same indices as window
     i = low.rfind("answer is")
-    if i >= 0:
+    head = low[max([low.rfind(c, max(i - MAX_SENTENCE, 0), i) + 1 for c in ".!?\n"] + [i - MAX_SENTENCE]):i]
+    if i >= 0 and not HEDGE_LETTER.search(head) and not CORRECTION.search(low, i, i + 4 * MAX_SENTENCE):
         rest = window[i + len("answer is"):].split("\n", 1)[0]
-        rest = re.split(r"\.(?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
+        rest = re.split(r"[.!](?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
         if rest:
             return _refine(rest, choice), "answer_is"
     line = _answer_line(window, low)
     if line:
         return _refine(line, choice), "answer_line"
     tail = text.rstrip()
+    end = tail[-3 * MAX_SENTENCE:]
+    for _ in range(3):  # closing courtesy sentences: "I hope this helps!", "Let me know if ..."
+        piece = SENTENCE_END.split(end[-MAX_SENTENCE:])[-1]
+        end = end[:len(end) - len(piece)].rstrip() if COURTESY.fullmatch(piece) else end
+    tail = tail[:-3 * MAX_SENTENCE] + end if len(end) < min(len(tail), 3 * MAX_SENTENCE) else tail
+    m = LEADING.match(tail[:80]) if len(tail) <= 4 * MAX_SENTENCE else None  # "80. To get this, I added 51 and 29."
+    if m and not choice and not (re.search(r"\n\s*\d+[.)]\s|\bsteps?\b", tail) or HEDGE_NUMBER.search(tail, m.end())
+                                 or CORRECTION.search(tail, m.end())):
+        return m.group(2), "leading_value"
     last = tail[tail.rfind("\n") + 1:].strip()
     span = _math_only(tail) or _math_only(last)
-    if span:
+    if span and not ARITHMETIC.fullmatch(span):
         return span, "math_only"
     if 0 < len(last) <= MAX_EXPR:
         bare = _normalize(last)
-        if _value(bare) is not None or (_letters(bare) and tail.strip() == last):  # a letter only alone
+        if (_value(bare.rstrip("%")) is not None and not ARITHMETIC.fullmatch(bare)) or (
+                _letters(bare) and tail.strip() == last):  # a letter only alone
             return last.strip(" ."), "last_line"
-        if "=" in last:
-            rhs = last.rsplit("=", 1)[1].strip(" .$")
-            if _value(_normalize(rhs)) is not None:
-                return rhs, "last_line"
+        rhs = last.rsplit("=", 1)[-1].strip(" .$")
+        if "=" in last and _value(_normalize(rhs)) is not None and not (
+                ARITHMETIC.fullmatch(rhs) or HEDGE_NUMBER.search(last) or NEGATION.search(last)):
+            return rhs, "last_line"
     if choice:
         m = re.match(r"\s*(?:\*\*)?\(?([A-Z])(?:\)|\.|:|\*\*)(?=\s|$)", tail)
         if m and LETTERS.index(m.group(1)) < choice and not _lists_options(tail[:1000]):
@@ -167,8 +180,7 @@ def extract_answer(response, choice=0):
 
 
 def _answer_line(window, low):
-    """Text after the last "answer:" that has at most 80 characters before it on its line, or
-    after a "####" that opens a line (GSM8K)."""
+    """Text after the last "answer:" with at most 80 characters before it on its line, or a line-opening "####"."""
     last = None
     for m in ANSWER_COLON.finditer(low):  # streamed: no list of matches on a long input
         i, before = m.start(), low[m.start() - 1:m.start()]
@@ -176,14 +188,14 @@ def _answer_line(window, low):
                 or (i > 80 and window.rfind("\n", i - 81, i) < 0)):
             continue  # inside a word, a "####" inside a line, or too far into its line
         last = m
-    if last is None:
+    if last is None or CORRECTION.search(low, last.end(), last.end() + 4 * MAX_SENTENCE):
         return None
     j = window.find("\n", last.end())
     return re.split(r"\.(?:\s|$)", window[last.end():j if j >= 0 else len(window)], maxsplit=1)[0].strip(" *.")
 
 
 def _math_only(s):
-    """Content of s when s is exactly one math span (see rule 5), else None."""
+    """Content of s when s is exactly one math span (see rule 6), else None."""
     m = MATH_ONLY.fullmatch(s) if len(s) <= 10 * MAX_ANSWER else None
     content = m and next(g for g in m.groups() if g is not None)
     if not content or re.search(r"\$|\\[\[\]()]", content):
@@ -209,25 +221,42 @@ def _refine(content, choice):
     return _sole(c, choice, need_conclusion=False) or c
 
 
-HEDGE = (r"\b(?:maybe|perhaps|possibly|might|unsure|not sure|guess|either|could|let|if|suppose|assume|"
-         r"whether|find|what|how many|how much|question|asks?|asked|given|told|consider|examine|"
-         r"analy[sz]e)\b|[?？؟]|可能|也许|如果")
-NEGATION = re.compile(r"\b(?:not|cannot|never|wrong|incorrect|false|invalid|impossible|fails?|eliminated|"
-                      r"ruled? out|excluded?|at least|at most|more than|less than|fewer than|greater than|"
-                      r"up to|except|instead)\b|n't\b|不是", re.I)
+HEDGE = (r"\b(?:maybe|perhaps|possibly|probably|likely|might|unsure|not sure|guess|either|could|suppose|"
+         r"assume|whether|question|asks?|asked|told|estimate)\b|[?？؟]|可能|也许|如果")
+# negations, bounds and conditions: they refuse the value or letter in their clause
+NEGATION = re.compile(r"\b(?:not|cannot|never|wrong|incorrect|false|invalid|impossible|fails?|eliminated|ruled? out|"
+                      r"excluded?|at least|at most|more than|less than|fewer than|greater than|(?<!add )(?<!adds )"
+                      r"up to|except|instead|about|around|approximately|roughly|nearly|almost|if|let|find|what|"
+                      r"how many|how much|given|consider|examine|analy[sz]e)\b|n't\b|不是", re.I)
+CORRECTION = re.compile(r"\b(?:wait|oops|sorry|correction|mistake|actually|hmm|i mean|no,|wrong|incorrect|not right|"
+                        r"re-?check|double-check|recalculate|recompute)", re.I)
+COURTESY = re.compile(r"\D*\b(?:hope (?:this|that|it|you)|let me know|feel free|happy to help|glad to help|good luck|"
+                      r"have a (?:great|nice|good)|thank|you'?re welcome|anything else|other questions)\b\D*", re.I)
+# result verbs: "51 + 29 is 80", "Adding them gives us 80" (not "She gives 8 to Tom")
+RESULT = re.compile(r"\b(?:is|are|equals?|gives?(?![^.,;]*\b(?:to|away)\b)|get|gets|got|makes?|yields?|leaves?|"
+                    r"becomes?|has|have|needs?|costs?|takes?|(?:comes?|adds? up|amounts?|sums?) to|results? in|"
+                    r"(?:ends?|ended) up with|(?:will|would) (?:be|have)|(?:it|that|this|there|here)['’]s)\b", re.I)
+ARITHMETIC = re.compile(r"[\d.\s]+(?:[-+*][\d.\s]+)+")  # "51 + 29" echoes a task, it answers nothing
 CLAUSE = re.compile(r"[,;:]|\b(?:so|thus|therefore|hence|because|but)\b", re.I)
 HEDGE_LETTER = re.compile(HEDGE, re.I)
 HEDGE_NUMBER = re.compile(HEDGE + r"|\bor\b|或", re.I)
 CONCLUSION = re.compile(
-    r"\b(?:so|thus|therefore|hence|total|totals|altogether|overall|result|finally|final|answer|"
-    r"daher|somit|insgesamt|ergebnis|antwort|donc|ainsi|réponse|résultat|entonces|respuesta|"
+    r"\b(?:so|thus|therefore|hence|total|totals|altogether|overall|result|finally|final|answer|now|left|remaining|"
+    r"in all|together|daher|somit|insgesamt|ergebnis|antwort|donc|ainsi|réponse|résultat|entonces|respuesta|"
     r"resultado|portanto|então|resposta|quindi|dunque|risposta|totale|итак|поэтому|значит|всего|"
     r"итого|ответ|решение|yani|toplam|cevap|solution|lösung|solución|solução|soluzione)\b|所以|因此|因而|总共|一共|共有|答案|合计|よって|したがって|"
     r"合計|答え|따라서|그러므로|إذن|لذلك|المجموع|الإجابة|इसलिए|कुल|उत्तर", re.I)
 BOLD = re.compile(r"\*\*[^*]*\d[^*]*\*\*|__[^_]*\d[^_]*__|\\textbf\{[^{}]*\d")
 MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|(?<!\\)\$([^$]+)\$")
 PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s")  # a word: "$1.45 and $2" is not math
-PLAIN_NUMBER = re.compile(r"(?<![A-Za-z0-9.,])-?\d+(?:[.,]\d+)*(?:/\d+)?(?::\d+)*(?:\s*(?:\\?%|percent\b))?")
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety").split()
+WORD_VALUE = {w: i if i < 20 else 10 * i - 180 for i, w in enumerate(NUMBER_WORDS)} | {"hundred": 100, "thousand": 1000}
+# a spelled number: eighty-one, two hundred and five
+SPELLED = r"(?i:\b(?:{0})(?:(?:[- ]|(?<=hundred) and |(?<=thousand) and )(?:{0}))*\b)".format("|".join(WORD_VALUE))
+PLAIN_NUMBER = re.compile(r"(?<![A-Za-z0-9.,])(?:(?:negative|minus)\s+)?(?:-?\d+(?:[.,]\d+)*(?:/\d+)?(?::\d+)*|"
+                          + SPELLED + r")(?:\s*(?:\\?%|percent\b))?")
+LEADING = re.compile(r"\s*(\**)(-?\d[\d,]*(?:\.\d+)?%?)\1\s*(?:[.!]\s+|\n)(?=\S)")
 LETTER = re.compile(r"(?<![\w\\$'’])\(?([A-Z])\)?(?![\w'’])")
 OPTION_LABEL = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|([A-Z])[.)])[ \t]+(?!(?:or|and|is|are|was|were|"
                           r"can|cannot|must|should|would|fits|works|holds|seems|remains)\b)[^\s,;]", re.M)
@@ -236,7 +265,7 @@ NOT_ARTICLE = {"is", "was", "must", "should", "would", "will", "fits", "works", 
 
 
 def _sole(s, choice, need_conclusion=True):
-    """The one value (multiple choice: the one final letter) a sentence states, else None (rule 8)."""
+    """The one value (multiple choice: the one final letter) a sentence states, else None (rule 9)."""
     if not s or len(s) > MAX_SENTENCE:
         return None
     if choice:
@@ -251,8 +280,9 @@ def _sole(s, choice, need_conclusion=True):
             return last.group(1) if _asserted(s, last.start(), last.end()) else None
     if HEDGE_NUMBER.search(s):
         return None
-    starts = [max(s.rfind(c, 0, m.start()) for c in ",;:，；：") + 1 for m in CONCLUSION.finditer(s)]
-    values, equals = next((v for v in map(lambda i: _values_in(s, i), reversed(starts)) if v[0]), _values_in(s, 0))
+    starts = sorted([max(s.rfind(c, 0, m.start()) for c in ",;:，；：") + 1 for m in CONCLUSION.finditer(s)]
+                    + [m.end() for m in RESULT.finditer(s)])
+    values, equals = next((v for v in map(lambda i: _values_in(s, i), reversed(starts[-8:])) if v[0]), _values_in(s, 0))
     if len(values) != 1 or (need_conclusion and not (starts or equals or BOLD.search(s))):
         return None
     start, end, value = values[0]
@@ -302,28 +332,27 @@ def _values_in(s, begin):
 
 # ----------------------------------------------------------------------------- normalization
 TEXT = r"(?:text|textbf|textit|textnormal|textrm|mathrm|mathbf|mathit|mathsf|mbox|emph|operatorname)"
-WRAPPERS = [(r"^\$\$(.*)\$\$$", 1), (r"^\$(.*)\$$", 1), (r"^\\\((.*)\\\)$", 1), (r"^\\\[(.*)\\\]$", 1),
-            (r"^\*\*(.*)\*\*$", 1), (r"^\\(?:boxed|fbox|" + TEXT[3:] + r"\{(.*)\}$", 1)]
+WRAPPERS = [r"^\$\$(.*)\$\$$", r"^\$(.*)\$$", r"^\\\((.*)\\\)$", r"^\\\[(.*)\\\]$", r"^\*\*(.*)\*\*$",
+            r"^\\(?:boxed|fbox|" + TEXT[3:] + r"\{(.*)\}$"]
 UNIT = re.compile(r"(.*?(?:\d\s+|\}\s*|%\s*))((?:(?!(?:is|are|was|were|be|not|no|too|than|or|and|but|if|so|"
-                  r"it|only)\b)[A-Za-z]{1,12}\.?(?:\^\{?\d\}?)?\s*){1,3})")  # words that are no unit
+                  r"it|only)\b)[A-Za-z]{1,12}\.?(?:\^\{?\d\}?|[²³])?\s*){1,3})")  # words that are no unit
 
 
 def _normalize(s):
     """Strip presentation so that equal answers look alike; keeps the mathematical content."""
     s = s.strip()
     for _ in range(4):  # nested wrappers: $\boxed{\text{5}}$
-        for pattern, group in WRAPPERS:
+        for pattern in WRAPPERS:
             m = re.match(pattern, s, re.S)
-            if m and (not pattern.endswith(r"\}$") or _balanced(m.group(group))):
-                s = m.group(group).strip()
+            if m and (not pattern.endswith(r"\}$") or _balanced(m.group(1))):
+                s = m.group(1).strip()
     s = re.sub(r"(?<!\\)\\(?:left|right|displaystyle|;|:|quad|qquad| )|~", " ", s)
     s = re.sub(r"(?<!\\)\\(?:,|!\s*)", "", s).replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
-    s = re.sub(r"\s*(?:%|\bpercent\b|\bpct\b)", "%", s)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", "", s)
-    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\\" + TEXT + r"\{([^{}]*)\}", r"\1", s)
+    for pattern, repl in ((r"\s*(?:%|\bpercent\b|\bpct\b)", "%"), (SPELLED, _spelled_value),
+                          (r"\b(?:negative|minus)\s+(?=[\d.])", "-"), (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
+                          (r"\\[dtc]frac", r"\\frac"), (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),
+                          (r"\\sqrt(\d)", r"\\sqrt{\1}"), (r"\\" + TEXT + r"\{([^{}]*)\}", r"\1")):
+        s = re.sub(pattern, repl, s)
     s = re.sub(r"(^|[(\[,])\s*\+\s*(?=\\infty)", r"\1", s.replace("∞", "\\infty"))
     s = re.sub(r"\\in(?![a-zA-Z])", "=", s.replace("≈", "\\approx")).lstrip(" =")
     if "\\approx" in s:  # x = 1/3 \approx 0.33 -> x = 1/3; x \approx 11 -> x = 11
@@ -340,15 +369,24 @@ def _normalize(s):
     return s
 
 
+def _spelled_value(m):
+    """The digits of a spelled number ("two hundred and five" -> "205")."""
+    total = part = 0
+    for v in map(WORD_VALUE.get, re.findall(r"[a-z]+", m.group().lower())):  # "and" is None
+        total, part = (total + (part or 1) * 1000, 0) if v == 1000 else (total, (part or 1) * 100 if v == 100
+                                                                           else part + (v or 0))
+    return str(total + part)
+
+
 def _drop_lhs(s):
-    """The last side of an equation whose left side is a name (see the module docstring); s when
-    it is none, or when a top-level comma comes before the last "=" ("x = 1, y = 2" is a list)."""
+    """The last side of an equation whose left side is a name, or whose sides are all values ("51 + 29 = 80"; see
+    the module docstring); s otherwise, or when a top-level comma comes before the last "=" ("x = 1, y = 2")."""
     parts = _split_top(s, "=")
     if len(parts) < 2 or any(len(_split_top(q)) > 1 for q in parts[:-1]):
         return s
     name = re.sub(r"_\{[^{}]*\}|_\w|\([^()]*\)", "", parts[0])
     if not re.search(r"[A-Za-z]", parts[0]) or re.search(r"[\d+\-*^<>!]", name):
-        return s
+        return parts[-1].strip() if None not in (_value(parts[0].strip()), _value(parts[-1].strip())) else s
     return parts[-1].strip()
 
 
@@ -366,11 +404,8 @@ def _split_top(s, sep=","):
     """Split on sep outside (), [], {} (\\{ \\} count as braces). Returns the parts."""
     parts, depth, cur = [], 0, 0
     for i, c in enumerate(s):
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == sep and depth == 0:
+        depth += (c in "([{") - (c in ")]}")
+        if c == sep and depth == 0:
             parts.append(s[cur:i])
             cur = i + 1
     return parts + [s[cur:]]
@@ -389,13 +424,11 @@ def _exact(s):
     if m:
         s = f"{m.group(1)}{m.group(2)}/{m.group(3)}"
     parts = s.split("/")
-    if len(s) > 100 or len(parts) > 2 or not all(re.fullmatch(NUM, p) for p in parts):
-        return None
-    if any(abs(int(e)) > 400 for e in re.findall(r"[eE]([-+]?\d+)", s)):
-        return None  # 1e999999 would build a huge integer
+    if (len(s) > 100 or len(parts) > 2 or not all(re.fullmatch(NUM, p) for p in parts)
+            or any(abs(int(e)) > 400 for e in re.findall(r"[eE]([-+]?\d+)", s))):
+        return None  # no number, or one like 1e999999 that would build a huge integer
     try:
-        value = Fraction(parts[0])
-        return value / Fraction(parts[1]) if len(parts) == 2 else value
+        return Fraction(parts[0]) / Fraction(parts[1] if len(parts) == 2 else 1)
     except ZeroDivisionError:
         return None
 
@@ -403,96 +436,59 @@ def _exact(s):
 TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|\\[a-zA-Z]+|[-+*/^(){}\[\]!])")
 
 
-class _Bad(Exception):
-    pass
-
-
 def _evaluate(s):
-    """Float value of a closed form (numbers, + - * / ^, (), {}, \\sqrt, \\sqrt[n], \\pi, \\frac,
-    \\cdot, \\times, \\div, n!, implicit products like 2\\sqrt{3}); None if it is not one.
-    Bounded: at most MAX_EXPR characters, exponents and factorials of bounded size, no overflow."""
-    if len(s) > MAX_EXPR:
-        return None
-    tokens, pos = [], 0
-    s = s.strip()
-    while pos < len(s):
-        m = TOKEN.match(s, pos)
-        if not m:
-            return None
-        tokens.append(m.group(1))
-        pos = m.end()
-    tokens.append("")
-    i = 0
+    """Float value of a closed form (+ - * / ^, (), {}, \\sqrt, \\sqrt[n], \\pi, \\frac, \\cdot, \\times, \\div, n!,
+    numbers, implicit products: 2\\sqrt{3}), else None; at most MAX_EXPR characters, bounded powers and n!."""
+    if len(s) > MAX_EXPR or TOKEN.sub("", s).strip():
+        return None  # too long, or something that is no token
+    tokens, i = TOKEN.findall(s) + [""], 0  # tokens[i] is the next one
 
-    def peek():
-        return tokens[i]
-
-    def take(expected=None):
+    def take():
         nonlocal i
-        t = tokens[i]
-        if expected is not None and t != expected:
-            raise _Bad
         i += 1
-        return t
+        return tokens[i - 1]
 
     def expr():
         v = term()
-        while peek() in ("+", "-"):
+        while tokens[i] in ("+", "-"):
             v = v + term() if take() == "+" else v - term()
         return v
 
     def term():
         v = unary()
         while True:
-            t = peek()
+            t = tokens[i]
             if t in ("*", "/", "\\cdot", "\\times", "\\div"):
                 take()
-                r = unary()
-                if t in ("/", "\\div"):
-                    if r == 0:
-                        raise _Bad
-                    v = v / r
-                else:
-                    v = v * r
+                v = v / unary() if t in ("/", "\\div") else v * unary()
             elif t in ("(", "{", "\\pi", "\\sqrt", "\\frac"):
                 v = v * power()  # implicit product: 2\sqrt{3}, 3(4); never two bare numbers ("3 4")
             else:
                 return v
 
     def unary():
-        if peek() in ("-", "+"):
+        if tokens[i] in ("-", "+"):
             return -unary() if take() == "-" else unary()
         return power()
 
     def power():
         base = postfix()
-        if peek() == "^":
+        if tokens[i] == "^":
             take()
             exp = unary()
             if abs(exp) > 1000 or (base < 0 and exp != int(exp)) or (base == 0 and exp < 0):
-                raise _Bad
-            try:
-                return float(base) ** exp
-            except OverflowError:
-                raise _Bad
+                raise ValueError
+            return float(base) ** exp  # an OverflowError is caught below
         return base
 
     def postfix():
         v = atom()
-        while peek() == "!":
+        while tokens[i] == "!":
             take()
             if v != int(v) or not 0 <= v <= 100:
-                raise _Bad
+                raise ValueError
             v = float(math.factorial(int(v)))
         return v
-
-    def group():
-        if peek() == "{":
-            take()
-            v = expr()
-            take("}")
-            return v
-        return atom()
 
     def atom():
         t = take()
@@ -500,33 +496,25 @@ def _evaluate(s):
             return float(t)
         if t in ("(", "{", "["):
             v = expr()
-            take({"(": ")", "{": "}", "[": "]"}[t])
+            if take() != {"(": ")", "{": "}", "[": "]"}[t]:
+                raise ValueError
             return v
         if t == "\\pi":
             return math.pi
         if t == "\\frac":
-            num, den = group(), group()
-            if den == 0:
-                raise _Bad
-            return num / den
+            return atom() / atom()
         if t == "\\sqrt":
-            n = 2.0
-            if peek() == "[":
-                take()
-                n = expr()
-                take("]")
-            v = group()
-            if v < 0 or n == 0:
-                raise _Bad
+            n = atom() if tokens[i] == "[" else 2.0  # \sqrt[3]{8}
+            v = atom()
+            if v < 0:
+                raise ValueError
             return v ** (1 / n)
-        raise _Bad
+        raise ValueError
 
     try:
         v = expr()
-        if peek() != "" or not math.isfinite(v):
-            return None
-        return v
-    except (_Bad, OverflowError, ZeroDivisionError, ValueError, RecursionError):
+        return v if tokens[i] == "" and math.isfinite(v) else None
+    except (OverflowError, ZeroDivisionError, ValueError, RecursionError):
         return None
 
 
@@ -551,15 +539,13 @@ def _numbers_equal(a, b):
 
 
 def _values_equal(p, g):
-    """Numeric equality with the percentage convention (x% means x or x/100) and the rounded
-    decimal convention (see _rounded)."""
+    """Numeric equality, x% meaning x or x/100, and a rounded decimal equal to its exact value (see _rounded)."""
     cands = []
     for s in (p, g):
-        pct = s.endswith("%")
         v = _value(s.rstrip("%").strip()) if len(s) <= MAX_EXPR else None
         if v is None:
             return None
-        cands.append([v] + ([(None if v[0] is None else v[0] / 100, v[1] / 100)] if pct else []))
+        cands.append([v] + ([(None if v[0] is None else v[0] / 100, v[1] / 100)] if s.endswith("%") else []))
     if any(_numbers_equal(a, b) for a in cands[0] for b in cands[1]):
         return True
     return _rounded(p, g, cands[1][0]) or _rounded(g, p, cands[0][0])
@@ -595,10 +581,13 @@ def _letters(s, allow_text=True):
     return found or None
 
 
-def _option_letter(s, options):
-    """The letter of the one option whose text equals s, else None."""
+def _named_letters(s, options, allow_text=True):
+    """The set of choice letters s names, else with `options` that of the one option whose text equals s, else None."""
+    letters = _letters(s, allow_text)
+    if letters or not options:
+        return letters
     hits = {LETTERS[i] for i, o in enumerate(options[:26]) if _compare(_normalize(s), _normalize(str(o)))}
-    return hits.pop() if len(hits) == 1 else None
+    return hits if len(hits) == 1 else None
 
 
 # ----------------------------------------------------------------------------- equivalence
@@ -615,26 +604,21 @@ def _compare(p, g):
     """Equality of two normalized answers (no choice letters here)."""
     if _squash(p) == _squash(g):
         return bool(p)
-    if len(p) > MAX_ANSWER or len(g) > MAX_ANSWER:
-        return False
-    if MULTI.search(p) or MULTI.search(g):
-        return False  # "3 or 4": several answers are not one answer
+    if len(p) > MAX_ANSWER or len(g) > MAX_ANSWER or MULTI.search(p) or MULTI.search(g):
+        return False  # too long, or "3 or 4": several answers are not one answer
     mp, mg = MATRIX.fullmatch(p), MATRIX.fullmatch(g)
     if mp or mg:
         if not (mp and mg):
             return False
-        rp = [r.split("&") for r in mp.group(1).strip().split("\\\\") if r.strip()]
-        rg = [r.split("&") for r in mg.group(1).strip().split("\\\\") if r.strip()]
+        rp, rg = ([r.split("&") for r in m.group(1).strip().split("\\\\") if r.strip()] for m in (mp, mg))
         return [len(r) for r in rp] == [len(r) for r in rg] and all(
             _compare(_normalize(a), _normalize(b)) for ra, rb in zip(rp, rg) for a, b in zip(ra, rb))
     sp, sg = _sequence(p), _sequence(g)
     if sp or sg:
-        if not (sp and sg) or len(sp[1]) != len(sg[1]):
-            return False
+        if not (sp and sg) or len(sp[1]) != len(sg[1]) or ("list" not in (sp[0], sg[0]) and sp[0] != sg[0]):
+            return False  # (0, 1] is not [0, 1]; a set equals a bare list
         (kp, ep), (kg, eg) = sp, sg
-        if {kp, kg} <= {"set", "list"}:  # unordered; a set equals a bare list
-            if kp != kg and "list" not in (kp, kg):
-                return False
+        if {kp, kg} <= {"set", "list"}:  # unordered
             left = list(eg)
             for a in ep:
                 hit = next((j for j, b in enumerate(left) if _compare(a, b)), None)
@@ -642,15 +626,12 @@ def _compare(p, g):
                     return False
                 left.pop(hit)
             return True
-        if "list" not in (kp, kg) and kp != kg:  # (0, 1] is not [0, 1]
-            return False
         return all(_compare(a, b) for a, b in zip(ep, eg))
-    eq = _values_equal(p, g)
-    return bool(eq)
+    return bool(_values_equal(p, g))
 
 
 def _sequence(s):
-    """(kind, normalized elements) for s with a top-level comma, else None. kind is 'set' for
+    """(kind, normalized elements) for s with a top-level comma (else semicolon), else None. kind: 'set' for
     \\{...\\}, 'list' when unbracketed, else the bracket pair: '()' a tuple, '(]' an interval..."""
     kind, inner = "list", s
     if s.startswith("\\{") and s.endswith("\\}"):
@@ -660,10 +641,8 @@ def _sequence(s):
     parts = _split_top(inner)
     if len(parts) < 2:
         parts = _split_top(inner, ";")  # -3;-2
-    if len(parts) < 2:
-        return None
-    if kind == "list" and re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", inner.strip()):
-        return None  # a thousands separator, not a list
+    if len(parts) < 2 or (kind == "list" and re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", inner.strip())):
+        return None  # no list, or a thousands separator
     return kind, [_normalize(q) for q in parts]
 
 
@@ -673,12 +652,9 @@ DECIMAL_COMMA_TEXT = re.compile(r"[а-яё]|[äöüßéèêëàâçñãõóòú�
 
 
 def _gold_letters(g, options):
-    """The set of choice letters a normalized reference names when the question is multiple
-    choice (a letter, several letters, or with `options` an option's text), else None."""
-    gl = _letters(g, allow_text=False)
-    if gl is None and options:
-        letter = _option_letter(g, options)
-        gl = {letter} if letter else None
+    """The set of choice letters a normalized reference names when the question is multiple choice (a letter,
+    several letters, or with `options` an option's text), else None."""
+    gl = _named_letters(g, options, allow_text=False)
     return gl if gl is not None and (options or len(gl) > 1 or re.fullmatch(r"\(?[A-Z]\)?", g)) else None
 
 
@@ -697,22 +673,14 @@ def is_equivalent(pred, gold, options=None):
         if not p:
             return False
         gl = _gold_letters(g, options)
-        if gl is not None:
-            pl = _letters(p)
-            if pl is None and options:
-                letter = _option_letter(p, options)
-                pl = {letter} if letter else None
-            return pl == gl
-        return _compare(p, g)
+        return _compare(p, g) if gl is None else _named_letters(p, options) == gl
     except RecursionError:
         return False
 
 
 def _choice_count(answer, options):
     """How many option letters to look for in free text: 0 unless the reference is a choice."""
-    if _gold_letters(_normalize(str(answer)), options) is None:
-        return 0
-    return min(len(options), 26) if options else 26
+    return 0 if _gold_letters(_normalize(str(answer)), options) is None else min(len(options or LETTERS), 26)
 
 
 def _decimal_comma(pred, response, answer):
