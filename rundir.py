@@ -309,7 +309,7 @@ class Run:
             set_rng_states(rng, self.gen)
             self.save(step - 1, order, bad)
             self.abandoned, step = step, step - 1
-        elif not self.args.resume:  # during start-up or step 0's evaluation of a new run
+        elif not self.args.resume:  # during the start-up of a new run (its step-0 evaluation saves checkpoint-0)
             step = None
         self.stopped, self.stopped_at = True, step
 
