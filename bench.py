@@ -4,9 +4,9 @@
     python bench.py --only rollout      # or step, memory
     python bench.py --plan Qwen3-8B --gpus 8 --gpu_mem 80    # 4: per-GPU memory plan, no download
 
-1. rollout: tokens/s of sample.generate vs model.generate, same random model and prompts, forced lengths, greedy,
-   and whether their outputs are equal; on a GPU also decode bandwidth as a share of the device's peak.
-2. step: seconds per step in rollout / teacher / update, rlsd (lam > 0, lam = 0) vs grpo; on a GPU the update's MFU.
+1. rollout: tokens/s of sample.generate vs model.generate, same random model and prompts, greedy, forced lengths
+   and spread lengths, and whether their outputs are equal; on a GPU also decode bandwidth as a share of the peak.
+2. step: seconds per step in rollout / teacher / update, rlsd (lam > 0) vs grpo; on a GPU the update's MFU.
 3. memory: peak memory per process of each phase, 1 vs 2 processes, next to the plan of 4.
 4. plan: bytes per GPU of each phase (memory.py and its presets), and the largest generate batch that fits.
 """
@@ -14,6 +14,7 @@ import argparse
 import os
 import socket
 import time
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -75,26 +76,44 @@ def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
     prompts = [torch.randint(1, 4096, (int(torch.randint(8, 33, (1,), generator=g)),), generator=g).tolist()
                for _ in range(rows)]
     ids, mask = [t.to(device) for t in sample.left_pad(prompts, 0)]
-    print(f"1. rollout: {rows} prompts of 8-32 tokens, forced lengths, greedy, random 4-layer 256-wide Qwen3, {device}")
-    for n in lengths:
-        ours = lambda: sample.generate(model, ids, mask, n, eos_ids=set(), pad_id=0, temperature=0)[0]
-        hf = lambda: model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                    do_sample=False, pad_token_id=0)[:, ids.shape[1]:]
+    print(f"1. rollout: {rows} prompts of 8-32 tokens, greedy, random 4-layer 256-wide Qwen3, {device}; forced lengths,"
+          " then an EOS at spread lengths (finished rows: dropped by sample.py, kept by model.generate)")
+    for n, spread in [(n, False) for n in lengths] + [(lengths[-1], True)]:
+        eos = {EOS} if spread else set()
+        hook = spread and model.register_forward_hook(partial(eos_at_spread_lengths, budget=n), with_kwargs=True)
+        ours = lambda: sample.generate(model, ids, mask, n, eos_ids=eos, pad_id=0, temperature=0)[0]
+        hf = lambda: model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                                    min_new_tokens=0 if spread else n, eos_token_id=EOS if spread else None,
+                                    pad_token_id=0)[:, ids.shape[1]:]
         best, outs = {}, {}
         for _ in range(reps):  # interleaved, best of reps: the machine's other load hits both alike
             for name, fn in (("sample.py", ours), ("model.generate", hf)):
                 t = clock(device)
                 outs[name] = fn()
                 best[name] = min(best.get(name, 1e9), clock(device) - t)
-        tps = {k: rows * n / v for k, v in best.items()}
-        print(f"   {rows} x {n:4d} new tokens: sample.py {tps['sample.py']:8.0f} tok/s   model.generate "
-              f"{tps['model.generate']:8.0f} tok/s   ratio {tps['sample.py'] / tps['model.generate']:.2f}x   "
-              f"greedy outputs equal: {torch.equal(*outs.values())}")
+        hook and hook.remove()
+        useful = sample.response_mask(outs["sample.py"], eos).sum().item()  # tokens up to each row's EOS
+        same = torch.equal(outs["sample.py"], outs["model.generate"][:, :outs["sample.py"].shape[1]])
+        ours_tps, hf_tps = useful / best["sample.py"], useful / best["model.generate"]
+        print(f"   {rows} x {n:4d} new tokens{', spread' if spread else '':8s}: sample.py {ours_tps:6.0f} tok/s   "
+              f"model.generate {hf_tps:6.0f} tok/s   ratio {ours_tps / hf_tps:.2f}x   mean length {useful / rows:5.1f}"
+              f"   greedy outputs equal: {same}")
         if device.type == "cuda":
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             kv = kv_bytes_per_token(shape_of(model.config), 2) * rows * (ids.shape[1] + n / 2)
             bw = (weights + kv) * n / best["sample.py"]
             print(f"   decode bandwidth {bw / 1e9:.0f} GB/s = {bw / peak_bandwidth(device):.0%} of the device's peak")
+
+
+EOS = 1  # the spread-lengths row's EOS token
+
+
+def eos_at_spread_lengths(model, args, kwargs, out, budget):
+    """Forward hook: a row whose input so far holds m tokens and ends in token x gets EOS next when
+    (31 x + m) % budget == 0, a function of its content alone, so sample.py and model.generate end a
+    greedy row at the same length: a chance of about 1 in `budget` per token, lengths spread over the budget."""
+    x, m = kwargs["input_ids"][:, -1], kwargs["attention_mask"].sum(-1)
+    out.logits[(31 * x + m) % budget == 0, -1, EOS] = 1e4
 
 
 def clock(device):
@@ -132,7 +151,7 @@ def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3):
         resp, resp_mask = roll["resp"], roll["resp_mask"]
         t_roll = clock(device) - t0
         adv = rlsd.group_advantages(torch.randn(N, device=device).round(), G)
-        for name, lam in (("rlsd, lam > 0", 0.5), ("rlsd, lam = 0", 0.0), ("grpo", None)):
+        for name, lam in (("rlsd", 0.5), ("grpo", None)):
             t1 = time.perf_counter()
             logp_t = train.teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, [{}] * N, N, 1.0) if lam else None
             t2 = clock(device)

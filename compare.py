@@ -77,10 +77,9 @@ def main():
         final = [recs[-1]["eval/accuracy"] for recs in seeds]
         best = [max(r["eval/accuracy"] for r in recs if r.get("eval/accuracy") is not None) for recs in seeds]
         curve = mean_curve(seeds, "eval/accuracy")
-        reach = next((s for s, v in curve.items() if target is not None and v >= target - 1e-9), None)
+        reach = next((s for s, v in curve.items() if target is not None and v >= target - 1e-9), "never")
         leak = statistics.mean(r["leak/rate"] for recs in seeds for r in recs if "leak/rate" in r)
-        rows.append(f"| {algo} | {mean_std(final)} | {mean_std(best)} | {reach if reach is not None else 'never'} "
-                    f"| {leak:.4f} |")
+        rows.append(f"| {algo} | {mean_std(final)} | {mean_std(best)} | {reach} | {leak:.4f} |")
     header = (f"{args.task}: {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}) x {args.steps} steps, "
               f"{args.nproc} processes, held-out greedy accuracy every {args.eval_every} steps")
     table = header + "\n\n" + "\n".join(rows) + "\n"
@@ -88,8 +87,7 @@ def main():
         f.write(table)
     keys = ["eval/accuracy", "train/reward"]
     means = {a: [{"step": s, k: v} for k in keys for s, v in mean_curve(seeds, k).items()] for a, seeds in runs.items()}
-    plot.draw_curves(means, keys, os.path.join(args.out, "curves.png"))
-    print(table + f"curves: {os.path.join(args.out, 'curves.png')}")
+    print(table + "curves: " + plot.draw_curves(means, keys, os.path.join(args.out, "curves.png")))
 
 
 if __name__ == "__main__":

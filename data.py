@@ -87,11 +87,14 @@ def take_prompts(order, n_rows, n, seed, step):
 def tokenize(rows, proc, max_len, template_kwargs):
     """Add student/teacher prompt ids (image placeholders expanded); rows whose prompt exceeds max_len
     tokens are dropped. Returns (rows, number dropped)."""
-    out = []
+    out, seen = [], {}  # a prompt repeated in the data (a toy task's) is tokenized once
     for r in rows:
         sizes = r.get("image_sizes") or [im.size for im in r.get("images", [])]
-        s, t = (prompt_ids(proc, format_prompt(proc, text, len(sizes), **template_kwargs), sizes)
-                for text in (student_prompt(r["question"]), teacher_prompt(r["question"], r["answer"])))
+        key = (r["question"], r["answer"], tuple(sizes))
+        if key not in seen:
+            seen[key] = [prompt_ids(proc, format_prompt(proc, text, len(sizes), **template_kwargs), sizes)
+                         for text in (student_prompt(r["question"]), teacher_prompt(r["question"], r["answer"]))]
+        s, t = seen[key]
         if max(len(s), len(t)) <= max_len:
             out.append({**r, "student_ids": s, "teacher_ids": t})
     return out, len(rows) - len(out)

@@ -28,7 +28,8 @@ def tokenizer_of(proc):
 
 
 def check_model(name, flag):
-    """A model dir with a config.json, or a hub id (in the local cache when HF_HUB_OFFLINE is set)."""
+    """A model dir with a config.json, or a hub id whose config.json the hub serves (one request) or the
+    local cache has (the only place looked at when HF_HUB_OFFLINE is set)."""
     if name in (None, "tiny-vl"):
         return
     if os.path.isdir(name):
@@ -37,9 +38,20 @@ def check_model(name, flag):
         return
     if name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0]):
         raise UserError(f"{flag} {name}: no such directory")
-    from huggingface_hub import constants, try_to_load_from_cache
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.HF_HUB_OFFLINE and not cached:
         raise UserError(f"{flag} {name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    try:  # one request, so that a bad id or no network fails here and not in transformers' retry loop
+        constants.HF_HUB_OFFLINE or get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=10)
+    except Exception as e:
+        if cached:  # the hub is unreachable but the cache has it: use the cache, as HF_HUB_OFFLINE=1 would
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            constants.HF_HUB_OFFLINE = True
+            return
+        why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(f"{flag} {name}: cannot read its config.json from the Hugging Face hub ({why}); download "
+                        f"it first (hf download {name}), or set HF_HUB_OFFLINE=1 to use the local cache") from None
 
 
 def load_spec(path, trust_remote_code=False):

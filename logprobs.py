@@ -35,10 +35,7 @@ def output_hidden(model, **inputs):
 
 
 def response_hidden(model, prompt_ids, prompt_mask, resp, resp_mask, **model_inputs):
-    """Hidden states that predict the real response tokens: [M, H], M = resp_mask.sum(), row by row.
-
-    Sequence = left-padded prompt [N, P] + right-padded response [N, T]; the states at columns
-    P-1 .. P+T-2 predict the response."""
+    """Hidden states that predict the real response tokens: [M, H], M = resp_mask.sum(), row by row."""
     width = int(prompt_mask.sum(1).max())  # drop columns that are padding in every row
     ids = torch.cat([prompt_ids[:, -width:], resp], dim=1)  # [N, P + T]
     mask = torch.cat([prompt_mask[:, -width:], resp_mask], dim=1)
@@ -60,10 +57,9 @@ def in_chunks(fn, *tensors, chunk=CHUNK):
 
 def token_scores(hidden, tokens, teacher_hidden=None, *, weight, temperature, teacher_weight=None, beta=0.5,
                  entropy=True):
-    """For a chunk of positions (hidden [C, H], tokens [C]): log p(tokens), the entropy of the
-    next-token distribution (if asked, else 0) and, given the teacher's hidden states, the OPSD
-    divergence between the teacher's and the student's distributions (else 0). Each [C]; the [C, V]
-    logits live only here."""
+    """For a chunk of positions (hidden [C, H], tokens [C]): log p(tokens), the entropy of the next-token
+    distribution (if asked, else 0) and, given the teacher's hidden states, the OPSD divergence between the
+    teacher's and the student's distributions (else 0). Each [C]; the [C, V] logits live only here."""
     logits = hidden @ weight.t()  # [C, V]
     logp = token_logprobs(logits[None], tokens[None], temperature)[0]
     jsd = (generalized_jsd(logits, teacher_hidden @ teacher_weight.t(), beta, temperature)

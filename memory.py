@@ -13,10 +13,9 @@ PRESETS = {
     "Qwen3-1.7B": dict(hidden=2048, layers=28, inter=6144, heads=16, kv_heads=8, head_dim=128, vocab=151936, tied=True),
     "Qwen3-4B": dict(hidden=2560, layers=36, inter=9728, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=True),
     "Qwen3-8B": dict(hidden=4096, layers=36, inter=12288, heads=32, kv_heads=8, head_dim=128, vocab=151936, tied=False),
-    # Qwen3-VL-8B-Instruct: the Qwen3-8B language model plus a 27-block, 1152-wide vision tower
-    "Qwen3-VL-8B": dict(hidden=4096, layers=36, inter=12288, heads=32, kv_heads=8, head_dim=128, vocab=151936,
-                        tied=False, vision=dict(hidden=1152, layers=27, inter=4304, out=4096, patch=16)),
 }
+# Qwen3-VL-8B-Instruct: the Qwen3-8B language model plus a 27-block, 1152-wide vision tower
+PRESETS["Qwen3-VL-8B"] = dict(PRESETS["Qwen3-8B"], vision=dict(hidden=1152, layers=27, inter=4304, out=4096, patch=16))
 
 
 def shape_of(config):
@@ -66,15 +65,13 @@ def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_by
     chunk = min(CHUNK, tokens) * s["vocab"] * 4 * 3  # fp32 logits, log-softmax, grad of one chunk
     resident = P * master_bytes * 3 / gpus + (P * compute_bytes / gpus if teacher else 0)
     block_act = tokens * (6 * h + 3 * s["inter"]) * compute_bytes  # one block's saved tensors, recomputed
-    return {
-        "resident": resident,
-        "rollout": resident + P * compute_bytes + gen_batch * L * kv_bytes_per_token(s, compute_bytes)
-                   + gen_batch * s["vocab"] * 4 * 3,
-        "teacher": resident + (P * compute_bytes + tokens * (2 * h + s["inter"]) * compute_bytes + chunk
-                               if teacher else 0),
-        "update": resident + P * master_bytes / gpus + 2 * root * compute_bytes + 2 * per_block * compute_bytes
-                  + tokens * h * compute_bytes * s["layers"] + block_act + chunk,
-    }
+    return {"resident": resident,
+            "rollout": resident + P * compute_bytes + gen_batch * L * kv_bytes_per_token(s, compute_bytes)
+                       + gen_batch * s["vocab"] * 4 * 3,
+            "teacher": resident + (P * compute_bytes + tokens * (2 * h + s["inter"]) * compute_bytes + chunk
+                                   if teacher else 0),
+            "update": resident + P * master_bytes / gpus + 2 * root * compute_bytes + 2 * per_block * compute_bytes
+                      + tokens * h * compute_bytes * s["layers"] + block_act + chunk}
 
 
 def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, reserve=0.1):

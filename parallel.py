@@ -1,9 +1,8 @@
 """Process group and FSDP2: what makes one training loop run on 1 CPU process or many GPUs.
 
-build_sharded builds a model on the meta device, shards every transformer block and the root with
-fully_shard, and fills it from rank 0's weights by broadcast (host memory holds one full copy);
-gathered() keeps parameters gathered for a rollout or a no-grad pass, so that no collective runs
-inside the decode loop.
+build_sharded builds a model on the meta device, shards every transformer block and the root with fully_shard,
+and fills it from rank 0's weights by broadcast (host memory holds one full copy); gathered() keeps parameters
+gathered for a rollout or a no-grad pass, so that no collective runs inside the decode loop.
 """
 import contextlib
 import datetime
@@ -52,9 +51,8 @@ def params_on_meta():
 
 
 def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_ckpt=False):
-    """The model every rank trains: built on the meta device, sharded, then filled from rank 0's
-    full state dict (`full_state`, {} on the other ranks), one tensor at a time, by broadcast. Host
-    memory holds one full copy (rank 0's), whatever the number of processes."""
+    """The model every rank trains: built on the meta device, sharded, then filled one tensor at a time by broadcast
+    from rank 0's full state dict (`full_state`, {} on other ranks): host memory holds one copy, not one per rank."""
     with params_on_meta():
         model = make_model().to(dtype)
     buffers = dict(model.named_buffers())  # real tensors, computed at construction
@@ -72,15 +70,13 @@ def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_c
 
 def shard(model, device, mixed_precision):
     """FSDP2: fully_shard every transformer block (model._no_split_modules) and then the root."""
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
-    kw = {"mesh": mesh, **({"mp_policy": mp} if mp else {})}
+    kw = {"mesh": init_device_mesh(device.type, (dist.get_world_size(),)), **({"mp_policy": mp} if mp else {})}
     block_names = set(getattr(model, "_no_split_modules", None) or [])
     for m in list(model.modules()):
         if type(m).__name__ in block_names:
             fully_shard(m, **kw)
     fully_shard(model, **kw)
-    return model
 
 
 def keep_vision_in_step(model):

@@ -96,8 +96,7 @@ def nice_ticks(lo, hi, n=5, integer=False):
 def draw_panel(draw, x0, y0, key, lines):
     """One panel at (x0, y0): key as title, ticked axes, the lines [(colour, steps, values, markers)] or "no data"."""
     fnt, small = font(14), font(12)
-    left, top = x0 + MARGIN[0], y0 + MARGIN[1]
-    right, bottom = x0 + PANEL_W - MARGIN[2], y0 + PANEL_H - MARGIN[3]
+    left, top, right, bottom = x0 + MARGIN[0], y0 + MARGIN[1], x0 + PANEL_W - MARGIN[2], y0 + PANEL_H - MARGIN[3]
     draw.text((x0 + PANEL_W / 2, y0 + 8), drawable(key, fnt), font=fnt, fill="black", anchor="ma")
     draw.text(((left + right) / 2, bottom + 24), "step", font=small, fill=AXES, anchor="ma")
     if not lines:
@@ -152,8 +151,8 @@ def draw_curves(runs, keys, path, smooth=0):
         draw.text((x + 34, y), drawable(label, font(14)), font=font(14), fill="black", anchor="lm")
     for i, key in enumerate(keys):
         xys = {label: series(records, key, smooth) for label, records in runs.items()}
-        lines = [(colours[label], xs, ys, 2 * len(xs) <= len(runs[label]))  # sparse: markers
-                 for label, (xs, ys) in xys.items() if xs]
+        # a sparse key (in at most half of a run's records) gets markers
+        lines = [(colours[label], xs, ys, 2 * len(xs) <= len(runs[label])) for label, (xs, ys) in xys.items() if xs]
         draw_panel(draw, (i % cols) * PANEL_W, legend_h + (i // cols) * PANEL_H, key, lines)
     img.save(path, format="PNG")
     return path

@@ -191,10 +191,11 @@ def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
                 json.dump(state["info"], f)
     dist.barrier()
     if rank == 0:
-        if os.path.exists(path):  # (only "final" is ever rewritten)
+        if os.path.exists(path):  # only "final" is rewritten: the old one is deleted after the new one is in place
+            shutil.rmtree(path + ".old", ignore_errors=True)
             os.replace(path, path + ".old")
-            shutil.rmtree(path + ".old")
         os.replace(tmp, path)
+        shutil.rmtree(path + ".old", ignore_errors=True)
     dist.barrier()
 
 

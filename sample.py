@@ -1,9 +1,8 @@
 """Batched sampling with a KV cache over any transformers causal LM (gpt-fast style small functions).
 
-Layout: prompts are left-padded ([B, P], explicit position ids = cumsum(mask) - 1), responses are
-right-padded ([B, T]); response token t of every row sits in column P + t. The response mask is 1 up
-to and including the first EOS, built from EOS positions (never from `ids != pad_id`, which would
-drop the EOS token when pad == EOS).
+Layout: prompts are left-padded ([B, P], explicit position ids = cumsum(mask) - 1), responses are right-padded
+([B, T]); response token t of every row sits in column P + t. The response mask is 1 up to and including the first
+EOS, built from EOS positions (never from `ids != pad_id`, which would drop the EOS token when pad == EOS).
 
 Extra model inputs (e.g. `pixel_values` of a vision-language model) go to the prefill only.
 
@@ -35,9 +34,8 @@ def left_pad(seqs, pad_id):
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s):] = 1
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
     return ids, mask
 
 
@@ -105,17 +103,14 @@ class InPlaceLayer(DynamicLayer):
 
 def prefill(model, ids, mask, positions, cache, **model_inputs):
     """Run the whole prompt through the model, filling `cache`; return last-position logits [B, V]."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1, **model_inputs)
-    return out.logits[:, -1]
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                 logits_to_keep=1, **model_inputs).logits[:, -1]
 
 
 def decode_one_token(model, token, mask, positions, cache):
-    """Feed one token per row ([B]) at `positions` ([B, 1], or [3, B, 1] for M-RoPE); mask covers the
-    cache plus this token."""
-    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True)
-    return out.logits[:, -1]
+    """Feed one token per row ([B]) at `positions` ([B, 1], or [3, B, 1] for M-RoPE), mask covering cache + token."""
+    return model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                 use_cache=True).logits[:, -1]
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -124,21 +119,18 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
              generator=None, sync_every=16, poll=None, **model_inputs):
     """Sample a response for every row of the left-padded prompt batch ids/mask [B, P].
 
-    Returns (response ids [B, T] padded with pad_id after EOS, response mask [B, T] with the EOS
-    token kept, token log-probs [B, T] at `temperature` under the sampling policy; T <= max_new_tokens).
-    The KV cache is preallocated for P + max_new_tokens and written in place. Every `sync_every`
-    tokens (the only host syncs) finished rows leave the working batch, so a long straggler does
-    not keep the whole batch decoding; there `poll()`, if given, may raise to abandon the batch. Runs
-    no collective: under FSDP keep parameters gathered, ranks may stop at different steps.
-    """
+    Returns (response ids [B, T] padded with pad_id after EOS, response mask [B, T] with the EOS token kept, token
+    log-probs [B, T] at `temperature` under the sampling policy; T <= max_new_tokens). The KV cache is preallocated for
+    P + max_new_tokens and written in place. Every `sync_every` tokens (the only host syncs) finished rows leave the
+    working batch, so a long straggler does not keep the whole batch decoding; there `poll()`, if given, may raise to
+    abandon the batch. Runs no collective: under FSDP keep parameters gathered, ranks may stop at different steps."""
     B, P = ids.shape
     device = ids.device
     eos = torch.as_tensor(sorted(eos_ids), device=device)
     banned = vision_token_ids(model.config)  # a VLM must not write image placeholders into its response
     banned = torch.tensor(banned, device=device) if banned else None
     cache = Cache(layer_class_to_replicate=partial(InPlaceLayer, P + max_new_tokens))
-    att = torch.zeros(B, P + max_new_tokens, dtype=mask.dtype, device=device)  # [B, P + max_new]
-    att[:, :P] = mask
+    att = torch.cat([mask, mask.new_zeros(B, max_new_tokens)], dim=1)  # [B, P + max_new]
     pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"))  # [B, P] or [3, B, P]
     logits = prefill(model, ids, mask, pos, cache, **model_inputs)  # [B, V]
     pos = decode_positions(pos)  # [B, 1] or [3, B, 1]
@@ -162,8 +154,7 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
             keep = (~done).nonzero().squeeze(1)
             if keep.numel() == 0:
                 break
-            rows, done, att, tok = rows[keep], done[keep], att[keep], tok[keep]
-            pos = pos[..., keep, :]
+            rows, done, att, tok, pos = rows[keep], done[keep], att[keep], tok[keep], pos[..., keep, :]
             for layer in cache.layers:
                 layer.batch_select_indices(keep)
         att[:, P + t] = 1
@@ -202,10 +193,9 @@ def write_heatmap(path, tok, resp, delta, w, r, question):
 
 
 def evaluate_file(model, proc, path, out_path, n, args, device):
-    """Accuracy of a checkpoint on a JSONL of {question, answer[, images, options]}: greedy (n = 1) or
-    the mean over n samples at --temperature; a response cut off at --max_new_tokens scores 0, as in
-    training. Writes one row per question and sample. The rows are
-    read as the trainer reads its data (data.load_jsonl: same fields, same errors)."""
+    """Accuracy of a checkpoint on a JSONL of {question, answer[, images, options]}, read as the trainer reads its
+    data (data.load_jsonl: same fields, same errors): greedy (n = 1) or the mean over n samples at --temperature;
+    a response cut off at --max_new_tokens scores 0, as in training. Writes one row per question and sample."""
     tok = tokenizer_of(proc)
     rows, total, out = load_jsonl(path, args.allow_abs_paths), 0.0, []
     temperature = args.temperature if n > 1 else 0.0
@@ -286,8 +276,8 @@ def main():
         rmask = torch.ones_like(resp)
     else:
         gen = torch.Generator(device=device).manual_seed(args.seed)
-        resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos_token_ids(model, tok),
-                                  tok.pad_token_id, args.temperature, args.top_p, gen,
+        resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens,
+                                  eos_token_ids(model, tok), tok.pad_token_id, args.temperature, args.top_p, gen,
                                   **image_inputs(proc, images * args.n, device))
         for i in range(args.n):
             print(f"--- sample {i} ({int(rmask[i].sum())} tokens)")

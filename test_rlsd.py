@@ -18,6 +18,7 @@ import logprobs
 import memory
 import parallel
 import rlsd
+import rundir
 import sample
 import toy
 import train
@@ -271,16 +272,22 @@ def test_chunked_jsd_equals_unchunked(chunk):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_teacher_equal_to_student_with_the_same_prompt_gives_delta_zero_and_weight_one():
-    model = tiny_model()
-    ids, mask = sample.left_pad([[1, 2, 3], [4, 5]], 0)
-    resp, rmask = torch.randint(1, 32, (2, 4)), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    logp = logprobs.response_logprobs(model, ids, mask, resp, rmask)
-    again = logprobs.response_logprobs(model, ids, mask, resp, rmask)
-    adv = torch.tensor([1.3, -0.4])
-    token_adv, st = rlsd.rlsd_token_advantages(adv, again, logp, rmask, lam=0.5)
-    assert st["delta_mean"] == 0 and st["w_mean"] == 1 and st["w_clip_low_frac"] == st["w_clip_high_frac"] == 0
-    assert torch.equal(token_adv, adv[:, None] * rmask)
+def test_token_advantages_mix_and_clip_known_deltas():
+    """Hand-computed weights for known Deltas: inside the clip, clipped below and above, both signs of A."""
+    delta = [[0.1, -0.1, 1.0, -1.0], [0.1, -0.1, 1.0, -1.0], [0.5, 0.5, 0.5, 0.5]]
+    adv, lam, eps = [2.0, -1.0, 0.0], 0.25, 0.2
+    logp_s = torch.randn(3, 4)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]])
+    token_adv, st = rlsd.rlsd_token_advantages(torch.tensor(adv), logp_s + torch.tensor(delta), logp_s, mask, lam, eps)
+    for i in range(3):
+        for t in range(4):
+            w = min(max(math.exp(math.copysign(1, adv[i]) * delta[i][t]) if adv[i] else 1.0, 1 - eps), 1 + eps)
+            want = adv[i] * ((1 - lam) + lam * w) * mask[i, t].item()
+            assert token_adv[i, t].item() == pytest.approx(want, rel=1e-5, abs=1e-7), (i, t)
+    # tokens of responses with A != 0 (7): clipped low: row 0's -1.0 and row 1's +1.0; high: row 0's +1.0 only
+    # (row 1's -1.0 is padding)
+    assert st["w_clip_low_frac"] == pytest.approx(2 / 7) and st["w_clip_high_frac"] == pytest.approx(1 / 7)
+    assert st["delta_mean"] == pytest.approx((0.0 + 0.1 - 0.1 + 1.0 + 2.0) / 11, rel=1e-5)
 
 
 def test_leak_rate_counts_only_responses_that_mention_the_privileged_block():
@@ -339,10 +346,14 @@ def test_sampler_logprobs_equal_training_forward_and_top_p(kind):
     resp, rmask, lp = sample.generate(model, ids, mask, 8, eos_ids={2}, pad_id=0, temperature=0.7, generator=gen)
     again = logprobs.response_logprobs(model, ids, mask, resp, rmask, 0.7)
     torch.testing.assert_close(again * rmask, lp * rmask)
-    # top_p keeps only the smallest set of tokens reaching p: here just the 0.5 token
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
-    draws = {int(sample.sample_next(logits, 1.0, 0.4)) for _ in range(50)}
-    assert draws == {0}
+    # top_p keeps the most likely tokens until their mass reaches p, renormalized (p away from the edges)
+    logits = torch.log(torch.tensor([[0.3, 0.1, 0.4, 0.2]])).expand(4000, 4)
+    gen = torch.Generator().manual_seed(0)
+    for p, kept in [(0.35, {2: 1.0}), (0.6, {2: 4 / 7, 0: 3 / 7}), (0.75, {2: 4 / 9, 0: 3 / 9, 3: 2 / 9}),
+                    (0.8, {2: 4 / 9, 0: 3 / 9, 3: 2 / 9}), (1.0, {2: 0.4, 0: 0.3, 3: 0.2, 1: 0.1})]:
+        draws = sample.sample_next(logits, 1.0, p, gen).bincount(minlength=4) / 4000
+        for t in range(4):
+            assert draws[t].item() == pytest.approx(kept.get(t, 0.0), abs=0.03), (p, t)
 
 
 @KINDS
@@ -737,6 +748,7 @@ VERIFY_TABLE = [
     ("B. Because 8/11 is the only fraction left.", "B", OPTS, 1),
     ("B. Because 8/11 is the only fraction left.", "C", OPTS, 0),
     ("**C**\n\nThe other options fail.", "C", None, 1),
+    ("**C**\n\nThe other options fail.", "B", None, 0),
     ("A. 3/11\nB. 8/11", "A", OPTS, 0),
     ("The answer is C because it is the only even one", "C", None, 1),
     ("The answer is C because it is the only even one", "B", None, 0),
@@ -997,8 +1009,17 @@ def test_a_response_cut_off_at_the_budget_earns_no_reward():
     assert train.rewards_of(roll, [{"answer": "9"}] * 3).tolist() == [1.0, 0.0, 0.0]
 
 
-def test_verify_table_size():
-    assert len(VERIFY_TABLE) >= 430
+def test_verify_table_covers_every_extraction_rule_both_ways():
+    """Each rule that verify.py's extractor can return (read from its source, so a new rule counts) has
+    table rows it credits and rows it refuses (never credited: an unclosed think, no answer)."""
+    import re
+    src = open(os.path.join(HERE, "verify.py")).read().split("def extract_with_rule(")[1].split("\ndef ")[0]
+    rules = {r for line in src.splitlines() if line.strip().startswith("return") for r in re.findall(r', "(\w+)"', line)}
+    seen = {(verify.extract_with_rule(r, verify._choice_count(a, o))[1], e) for r, a, o, e in VERIFY_TABLE}
+    assert len(rules) >= 10
+    for rule in rules:
+        assert (rule, 0.0) in seen, rule
+        assert (rule, 1.0) in seen or rule in ("unclosed_think", "none"), rule
 
 
 @pytest.mark.parametrize("response,answer,options,expected", VERIFY_TABLE)
@@ -1069,13 +1090,25 @@ ADVERSARIAL = {
 }
 
 
+ADVERSARIAL_EXTRACTED = {  # what each input yields (rule; None: no answer), looked at one by one
+    "factorial chain": "boxed", "huge exponent tower": "boxed", "many answer colons": "answer_line",
+    "nested parentheses": "boxed", "many short sentences": "free_text", "think without end": "unclosed_think"}
+
+
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
 def test_verify_adversarial_inputs_answer_quickly(name):
+    """The raising functions themselves (reward() turns any exception into 0, which would hide a crash):
+    the extraction and the verdict for each input, and a generous time bound (not a benchmark)."""
     import time
     t = time.perf_counter()
-    assert verify.reward(ADVERSARIAL[name], "9") in (0.0, 1.0)
-    assert verify.reward(ADVERSARIAL[name], "B", OPTS) in (0.0, 1.0)
-    assert time.perf_counter() - t < 2.0  # a generous bound: not a benchmark (see the closing note)
+    pred, rule = verify.extract_with_rule(ADVERSARIAL[name])
+    assert rule == ADVERSARIAL_EXTRACTED.get(name, "none") and (pred is None) == (rule in ("none", "unclosed_think"))
+    assert pred is None or not verify.is_equivalent(pred, "9")
+    choice = verify.extract_answer(ADVERSARIAL[name], 4)  # read as a multiple-choice answer
+    assert choice is None or not verify.is_equivalent(choice, "B", OPTS)
+    if name == "many short sentences":
+        assert pred == "5" and verify.reward(ADVERSARIAL[name], "5") == 1.0
+    assert time.perf_counter() - t < 2.0
 
 
 def test_verify_cli(tmp_path):
@@ -1292,9 +1325,12 @@ def test_two_process_fsdp_update_equals_one_process_and_meta_init_equals_plain(t
 
 
 def test_rlsd_step_at_lam_zero_is_exactly_the_grpo_step(tmp_path):
+    """The RLSD path (teacher log-probs given, token weights computed and away from 1) at lam = 0 gives
+    bitwise the GRPO update."""
     lam0 = _run_update(tmp_path, 1, micro_batch=3, mode="lam0")
     grpo = _run_update(tmp_path, 1, micro_batch=3, mode="grpo")
-    assert lam0["stats"] == grpo["stats"]
+    assert lam0["stats"]["rlsd/clip_low"] > 0 and lam0["stats"]["rlsd/weight_mean"] != 1  # weights computed
+    assert {k: v for k, v in lam0["stats"].items() if not k.startswith("rlsd/")} == grpo["stats"]
     for k in lam0["sd"]:
         assert torch.equal(lam0["sd"][k], grpo["sd"][k]), k
 
@@ -1307,6 +1343,7 @@ def test_non_finite_update_is_skipped(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_complete_runs_exit_cleanly_several_times(tmp_path):
     """A finished 2-process run exits 0 with no abort at teardown (gloo worker threads used to drop
     their last tensor while the interpreter finalized: "terminate called without an active exception")."""
@@ -1318,6 +1355,7 @@ def test_complete_runs_exit_cleanly_several_times(tmp_path):
         assert res.returncode == 0 and "terminate called" not in res.stderr, res.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", "--steps", "4",
@@ -1332,6 +1370,13 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
                 "leak/rate", "time/step_s", "time/tokens_per_s"]:
         assert math.isfinite(recs[1][key]), key
     assert recs[1]["rlsd/lam"] == 0.5 and recs[2]["rlsd/lam"] == pytest.approx(0.49)
+    for r in recs[1:]:  # values each metric can take: 16 responses per step, 8 per process
+        assert (16 * r["train/reward"]) % 1 == 0 and (16 * r["train/truncated"]) % 1 == 0 and 0 <= r["train/reward"] <= 1
+        assert 1 <= r["train/response_len"] <= 16 and r["rollout/gen_batch"] == 8 and 0 <= r["train/answer_tag"] <= 1
+        assert 0.8 <= r["rlsd/weight_mean"] <= 1.2 and 0 <= r["rlsd/clip_low"] <= 1 and 0 <= r["rlsd/clip_high"] <= 1
+        assert r["policy/entropy"] > 0 and r["grad_norm"] >= 0 and r["skipped"] == 0 and r["ppo/clip_frac"] == 0
+        phases = r["time/rollout_s"] + r["time/teacher_s"] + r["time/update_s"]
+        assert phases <= r["time/step_s"] + 1e-6 and r["time/teacher_s"] > 0
     assert "eval/accuracy" in recs[0] and "eval/accuracy" in recs[2] and "eval/accuracy" in recs[4]
     assert (out / "checkpoint-2" / "model.safetensors").exists() and not (out / "final.tmp").exists()
 
@@ -1370,6 +1415,12 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
     assert len(rows) == 5 and all(set(r) >= {"response", "extracted", "reward", "where"} for r in rows)
     acc = float(res.stdout.split("accuracy ")[1].split()[0])
     assert acc == pytest.approx(sum(r["reward"] for r in rows) / 5)
+    res = subprocess.run([sys.executable, "sample.py", ckpt, "--eval", str(data), "--max_new_tokens", "8"], cwd=HERE,
+                         capture_output=True, text=True, timeout=300)  # without --n: greedy, the same accuracy
+    assert res.returncode == 0 and f"accuracy {acc:.4f} on 5 questions (greedy)" in res.stdout, res.stderr[-2000:]
+    res = subprocess.run([sys.executable, "sample.py", ckpt, "--eval", str(data), "--n", "3", "--max_new_tokens", "8"],
+                         cwd=HERE, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "on 5 questions (mean of 3 samples)" in res.stdout, res.stderr[-2000:]
 
     # the real loading path (--model DIR) trains from the directory our own code saved; also the
     # GRPO baseline and gradient checkpointing under FSDP
@@ -1427,6 +1478,7 @@ def read_metrics(out):
     return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_an_uninterrupted_run_on_two_processes(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py"] + RUN
     whole, part = tmp_path / "whole", tmp_path / "part"
@@ -1441,6 +1493,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run_on_two_processes(tmp_path):
     assert json.loads((part / "args.json").read_text())["steps"] == 4
 
 
+@pytest.mark.slow
 def test_interrupted_save_leaves_the_previous_checkpoint_and_resume_uses_it(tmp_path):
     out = tmp_path / "run"
     crash = ("import sys, rundir, train; real = rundir.dcp.save\n"
@@ -1937,3 +1990,218 @@ def test_compare_table_from_runs(tmp_path, monkeypatch):
     assert "| rlsd | 0.550 +- 0.071 | 0.650 +- 0.071 | 10 | 0.2500 |" in table, table
     assert "| grpo | 0.600 +- 0.141 | 0.600 +- 0.141 | 20 | 0.0000 |" in table, table
     assert Image.open(tmp_path / "curves.png").size[0] > 100
+
+
+# ----------------------------------------------------------------------------- flags and behaviours of the loop
+def test_token_credit_equals_a_plain_forward_and_blames_a_wrong_answer():
+    """sample.py's heatmap numbers: Delta_t from two plain full-sequence forwards (student and teacher
+    prompt + the response), and for a wrong answer (A = -1) w_t = exp(-Delta_t)."""
+    tok = toy.text_tokenizer()
+    torch.manual_seed(0)
+    model = toy.text_model(tok).eval()
+    q = "Which number is largest: 1, 5, 3, 2?"
+    resp_ids = tok("<answer>3</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    resp, rmask = torch.tensor([resp_ids]), torch.ones(1, len(resp_ids), dtype=torch.long)
+    with torch.no_grad():
+        delta, w, r = sample.token_credit(model, tok, q, "5", resp, rmask, [])
+        want = []
+        for text in (rlsd.student_prompt(q), rlsd.teacher_prompt(q, "5")):
+            p = hf.prompt_ids(tok, hf.format_prompt(tok, text))
+            logits = model(input_ids=torch.tensor([p + resp_ids])).logits[0].log_softmax(-1)
+            want.append(torch.stack([logits[len(p) - 1 + t, x] for t, x in enumerate(resp_ids)]))
+    assert r == 0.0
+    torch.testing.assert_close(delta, want[1] - want[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(w, (-(want[1] - want[0])).exp(), atol=1e-5, rtol=1e-5)
+    assert sample.token_credit(model, tok, q, "3", resp, rmask, [])[2] == 1.0  # the same tokens, now right
+
+
+def test_auto_gen_batch_is_the_rows_whose_cache_and_activations_fit():
+    """The pure function against its formula worked by hand for a small config."""
+    from transformers import Qwen3Config
+    cfg = Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    kv = 2 * 2 * 2 * 16 * 2  # K and V x layers x KV heads x head_dim x bf16 bytes = 256 per token
+    per_row = max(kv * (100 + 50), (kv + (4 * 64 + 3 * 128) * 2) * 100) + 3 * 4 * 1000  # 165,600 bytes
+    assert memory.auto_gen_batch(cfg, 100, 50, 10 ** 8) == int(10 ** 8 * 0.9 // per_row) == 543
+    assert memory.auto_gen_batch(cfg, 100, 50, 1) == 1  # at least one row
+    assert memory.auto_gen_batch(cfg, 100, 1000, 10 ** 8) == int(0.9e8 // (kv * 1100 + 12000))  # the cache dominates
+
+
+def test_held_out_split_is_at_most_a_tenth_and_disjoint(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(50)))
+    train_rows, held = data.load_split(str(path), None, 100, seed=0)
+    assert len(held) == 5 and len(train_rows) == 45
+    assert not {r["question"] for r in held} & {r["question"] for r in train_rows}
+    assert len(data.load_split(str(path), None, 3, seed=0)[1]) == 3
+
+
+def test_allow_abs_paths_accepts_an_image_outside_the_data_dir(tmp_path):
+    (tmp_path / "pics").mkdir()
+    (tmp_path / "rows").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "a.png")  # (PIL's Image: imported above plot.py's tests)
+    path = tmp_path / "rows" / "d.jsonl"
+    path.write_text(json.dumps({"question": "<image> q", "answer": "1", "images": str(tmp_path / "pics" / "a.png")}) + "\n")
+    with pytest.raises(UserError, match="outside the data file's directory"):
+        data.load_jsonl(str(path))
+    rows = data.load_jsonl(str(path), allow_abs_paths=True)
+    assert rows[0]["images"] == [os.path.realpath(tmp_path / "pics" / "a.png")] and rows[0]["image_sizes"] == [(8, 8)]
+
+
+def test_chat_template_kwargs_reach_the_template():
+    tok = toy.text_tokenizer()
+    tok.chat_template = ("{% for m in messages %}{% if think %}<think>{% endif %}{{ m['content'] }}{% endfor %}")
+    rows = [{"question": "Which number is largest: 1, 5, 3, 2?", "answer": "5"}]
+    plain = data.tokenize(rows, tok, 256, {})[0][0]
+    think = data.tokenize(rows, tok, 256, {"think": True})[0][0]
+    assert think["student_ids"][:len(tok("<think>")["input_ids"])] == tok("<think>")["input_ids"]
+    assert think["student_ids"][len(tok("<think>")["input_ids"]):] == plain["student_ids"]
+
+
+def test_max_pixels_lowers_the_image_tokens_of_a_large_image():
+    import argparse as ap
+    proc, config, _ = toy.spec("tiny-vl", "color")
+    big = {"question": "What color?", "answer": "red", "images": [], "image_sizes": [(256, 256)], "where": "x:1"}
+    tokens = []
+    for max_pixels in (None, 64 * 64):
+        args = ap.Namespace(max_pixels=max_pixels, model="tiny-vl", max_prompt_len=100000, chat_template_kwargs={},
+                            prompts_per_step=1)
+        rows = train.prompt_rows(args, proc, config, [big], [])[0]
+        tokens.append(rows[0]["student_ids"].count(proc.tokenizer.convert_tokens_to_ids(proc.image_token)))
+    assert tokens[1] < tokens[0] and tokens[1] <= 64 * 64 // (16 * 16 * 4)  # 16-pixel patches merged 2 x 2
+
+
+def test_resume_refuses_a_changed_model_data_or_process_count(tmp_path):
+    ckpt = tmp_path / "checkpoint-3"
+    (ckpt / "trainer").mkdir(parents=True)
+    data_file = tmp_path / "d.jsonl"
+    data_file.write_text('{"question": "q", "answer": "1"}\n')
+    saved = rundir.run_id(None, str(data_file), None, 2)
+    (ckpt / "trainer" / "state.json").write_text(json.dumps({"id": saved}))
+    rundir.check_same_run(str(ckpt), rundir.run_id(None, str(data_file), None, 2))  # the same run: no error
+    with pytest.raises(UserError, match=r"processes differs from the stopped run's \(2 then, 1 now\)"):
+        rundir.check_same_run(str(ckpt), rundir.run_id(None, str(data_file), None, 1))
+    with pytest.raises(UserError, match="--model differs"):
+        rundir.check_same_run(str(ckpt), rundir.run_id("tiny-vl", str(data_file), None, 2))
+    data_file.write_text('{"question": "q", "answer": "2"}\n')
+    with pytest.raises(UserError, match=r"--data \(its content\) differs"):
+        rundir.check_same_run(str(ckpt), rundir.run_id(None, str(data_file), None, 2))
+
+
+def test_a_hub_id_that_cannot_be_reached_is_one_line_before_any_retry(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    res = subprocess.run([sys.executable, "train.py", "--model", "nobody/no-such-model", "--out", str(tmp_path / "o")],
+                         cwd=HERE, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
+    assert res.stderr.startswith("error: --model nobody/no-such-model: cannot read its config.json from the Hugging "
+                                 "Face hub") and "HF_HUB_OFFLINE=1" in res.stderr
+    res = subprocess.run([sys.executable, "train.py", "--model", "nobody/no-such-model", "--out", str(tmp_path / "o")],
+                         cwd=HERE, capture_output=True, text=True, timeout=120, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2 and res.stderr == ("error: --model nobody/no-such-model: not in the local Hugging Face "
+                                                  "cache, and HF_HUB_OFFLINE is set\n")
+
+
+def _train(tmp_path, name, *flags, runner="train.py", code=0):
+    """A 1-process train.py run of a few seconds on the built-in task; (result, metrics lines)."""
+    out = tmp_path / name
+    res = subprocess.run([sys.executable, runner, "--warmup_steps", "30", "--prompts_per_step", "4", "--group_size",
+                          "4", "--max_new_tokens", "6", "--eval_size", "8", "--out", str(out), *flags], cwd=HERE,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == code, res.stderr[-3000:]
+    path = out / "metrics.jsonl"
+    return res, [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def _trainer_state(checkpoint, tmp_path):
+    """The resumable state of a checkpoint (model, teacher, optimizer), read in one process."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(str(checkpoint / "trainer"), str(tmp_path / "state.pt"))
+    return torch.load(tmp_path / "state.pt", weights_only=False)
+
+
+@pytest.mark.slow
+def test_keep_last_dump_credit_teacher_sync_init_from_and_overwrite(tmp_path):
+    res, recs = _train(tmp_path, "a", "--steps", "3", "--save_every", "1", "--keep_last", "2", "--teacher_sync", "2",
+                       "--dump_credit", "2", "--eval_every", "0")
+    out = tmp_path / "a"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-3"]
+    credit = [json.loads(l) for l in (out / "credit.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in credit] == [1, 1, 2, 2, 3, 3]
+    for c in credit:  # w_t = exp(sign(A) Delta_t), one per response token
+        assert len(c["tokens"]) == len(c["delta"]) == len(c["weight"]) >= 1 and c["reward"] in (0.0, 1.0)
+        sign = (c["advantage"] > 0) - (c["advantage"] < 0)
+        assert c["weight"] == pytest.approx([math.exp(sign * d) for d in c["delta"]], rel=1e-5)
+    # the teacher is refreshed after the update of every second step, and only then
+    two, three = _trainer_state(out / "checkpoint-2", tmp_path), _trainer_state(out / "checkpoint-3", tmp_path)
+    for k in two["model"]:
+        assert torch.equal(two["teacher"][k], two["model"][k]), k  # synced after step 2
+        assert torch.equal(three["teacher"][k], two["model"][k]), k  # not after step 3
+    assert any(not torch.equal(three["teacher"][k], three["model"][k]) for k in three["model"])
+
+    # --init_from: a new run (step 0) from those weights: its step-0 accuracy is the final one of run a
+    _, recs_b = _train(tmp_path, "b", "--steps", "1", "--init_from", str(out / "final"))
+    assert recs_b[0]["step"] == 0 and recs_b[0]["eval/accuracy"] == recs[-1]["eval/accuracy"]
+
+    # --out holding a run: refused, or replaced with --overwrite (its checkpoints and credit file gone)
+    res, _ = _train(tmp_path, "a", "--steps", "1", code=2)
+    assert "holds another run" in res.stderr and "--overwrite replaces it" in res.stderr
+    _, recs = _train(tmp_path, "a", "--steps", "1", "--overwrite")
+    assert [r["step"] for r in recs] == [0, 1]
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "final", "metrics.jsonl"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["opsd", "grpo+opsd"])
+def test_opsd_and_grpo_plus_opsd_train_in_the_loop(tmp_path, algo):
+    """The distillation losses through train.py: the JSD is reported, no RLSD weights; OPSD's teacher is
+    the frozen initial policy (unchanged in the checkpoint), while the policy moves."""
+    _, recs = _train(tmp_path, "o", "--algo", algo, "--steps", "2", "--save_every", "2", "--eval_size", "0",
+                     "--teacher_sync", "1")
+    for r in recs[1:]:
+        assert r["opsd/jsd"] > 0 and math.isfinite(r["loss"]) and not any(k.startswith("rlsd/") for k in r)
+    state = _trainer_state(tmp_path / "o" / "checkpoint-2", tmp_path)
+    assert any(not torch.equal(state["teacher"][k], state["model"][k]) for k in state["model"])
+    assert recs[1]["loss"] != recs[2]["loss"]
+
+
+@pytest.mark.slow
+def test_max_bad_steps_stops_a_run_whose_updates_are_all_skipped(tmp_path):
+    """Rewards made NaN (the update's loss is then NaN): each update is skipped and counted; the
+    second in a row stops the run with one line; the weights never change."""
+    runner = tmp_path / "nan_rewards.py"
+    runner.write_text(f"import sys; sys.path.insert(0, {HERE!r}); import torch, train\n"
+                      "train.rewards_of = lambda roll, refs: torch.full((len(refs),), float('nan'))\n"
+                      "sys.argv[0] = 'train.py'; train.main()\n")
+    res, recs = _train(tmp_path, "n", "--steps", "5", "--max_bad_steps", "2", "--save_every", "1", "--eval_size", "0",
+                       runner=str(runner), code=2)
+    assert res.stderr.strip().splitlines()[-1] == ("error: 2 non-finite steps in a row (--max_bad_steps): lower --lr "
+                                                   "or check the data")
+    assert "non-finite loss or grad norm, update skipped (1 in a row)" in res.stderr + res.stdout
+    assert [r["step"] for r in recs] == [0, 1] and recs[1]["skipped"] == 1
+    state = _trainer_state(tmp_path / "n" / "checkpoint-1", tmp_path)
+    for k in state["model"]:
+        assert torch.equal(state["model"][k], state["teacher"][k]), k  # the teacher is the initial policy
+
+
+def test_freeze_vision_leaves_the_vision_tower_unchanged(tmp_path):
+    from safetensors.torch import load_file
+    _, recs = _train(tmp_path, "v", "--model", "tiny-vl", "--freeze_vision", "--steps", "1", "--warmup_steps", "0",
+                     "--prompts_per_step", "2", "--group_size", "2", "--eval_size", "0", "--lr", "1e-2")
+    proc = toy.spec("tiny-vl", "color")[0]
+    torch.manual_seed(0)
+    init = toy.vl_model(proc).state_dict()  # the start of that run: seed 0, no cold start
+    final = load_file(str(tmp_path / "v" / "final" / "model.safetensors"))
+    vision = [k for k in final if ".visual." in f".{k}"]
+    assert vision and all(torch.equal(final[k], init[k]) for k in vision)
+    assert any(not torch.equal(final[k], init[k]) for k in final if k not in vision)  # the language model moved
+
+
+@pytest.mark.slow
+def test_training_on_the_built_in_task_raises_the_reward(tmp_path):
+    """The whole method, end to end, learns: 20 RLSD steps after a short cold start (about 3 CPU minutes).
+    Chance is 1 in 4 and the cold start teaches only the format, so the reward starts low."""
+    _, recs = _train(tmp_path, "learn", "--steps", "20", "--prompts_per_step", "16", "--group_size", "8",
+                     "--warmup_steps", "200", "--max_new_tokens", "8", "--eval_size", "0", "--eval_every", "0")
+    reward = [r["train/reward"] for r in recs[1:]]
+    first, last = statistics.mean(reward[:5]), statistics.mean(reward[-5:])
+    assert last > first + 0.05, reward

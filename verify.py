@@ -1,82 +1,70 @@
 """Binary answer verification: reward 1.0 when a response's final answer equals the reference.
 
-Extraction, first rule that applies (reasoning inside <think>...</think> is dropped first; an unclosed <think> means
-there is no answer yet):
-  1. answer_tag  the last <answer>...</answer>; an empty tag is an empty answer (reward 0). Its content starts at
-                 the first <answer> after the tag before it: "<answer>x<answer>9</answer>" is malformed (0)
-  2. boxed       the last \\boxed{...} or \\fbox{...}, nested braces matched; skipped when a "Final Answer: ..." /
-                 "final answer is" statement follows it (hendrycks / Minerva)
-  3. answer_is   "the (final) answer is X": the last one, up to the end of its line or sentence ("80!" is 80),
-                 unless a hedge precedes it in its sentence ("I guess the answer is")
-  4. answer_line the text after the last "Answer:" / "Final answer:" (at most 80 characters before it on its line:
-                 "The answer: D") or after a "####" opening a line (GSM8K), up to the end of its line or sentence
-     For 3 and 4, X is kept when it is a bare answer (a value, a list, a matrix, choice letters); else what follows
-     its last "is"/"are"/"equals" if that is bare or at most 3 words ("The volume is 120" -> 120); else its sole
-     value or letter as in rule 9, no conclusion needed ("Jane started 3 hours ago" -> 3); else X as text. Both are
-     skipped when a self-correction follows within 2400 characters (wait, actually, sorry, mistake, "no,", ...:
-     "The answer is 80. Wait, no, it's 81").
+Extraction, first rule that applies, after dropping <think>...</think> (an unclosed <think> means no answer yet):
+  1. answer_tag: the last <answer>...</answer>; an empty tag is an empty answer (reward 0). Its content starts at the
+     first <answer> after the tag before it: "<answer>x<answer>9</answer>" is malformed (0)
+  2. boxed: the last \\boxed{...} or \\fbox{...}, nested braces matched; skipped when a "Final Answer: ..." / "final
+     answer is" statement follows it (hendrycks / Minerva)
+  3. answer_is: "the (final) answer is X": the last one, up to the end of its line or sentence ("80!" is 80), unless a
+     hedge precedes it in its sentence ("I guess the answer is")
+  4. answer_line: X after the last "Answer:" / "Final answer:" (at most 80 characters before it on its line: "The
+     answer: D") or after a "####" opening a line (GSM8K), up to the end of its line or sentence
+     In 3 and 4, X is kept if bare (a value, a list, a matrix, choice letters), else what follows its last is/are/equals
+     if bare or at most 3 words ("The volume is 120" -> 120), else its sole value or letter as in rule 9 with no
+     conclusion needed ("Jane started 3 hours ago" -> 3), else X as text; both are skipped when a self-correction
+     (wait, actually, sorry, mistake, "no,", ...) follows within 2400 characters: "The answer is 80. Wait, no, it's 81".
   Rules 5-9 first drop up to 3 closing courtesy sentences without a digit ("I hope this helps!").
-  5. leading_value  (no choice; at most 2400 characters) the response opens with a plain number, bold or not, that
-                 ends its sentence or line: "80. To get this, I added 51 and 29."; not before a numbered list,
-                 "step", a hedge or a self-correction
-  6. math_only   the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\) or \\[...\\]
-                 (a display may span lines); its content, unless bare arithmetic (rule 7)
-  7. last_line   the last non-empty line if it is a bare answer (a number, 20%, a closed form, "x = 5", a choice
-                 letter only when it is the whole response), else what follows its last "=" if that is a number or
-                 closed form and the line has no hedge or negation; bare arithmetic of plain numbers ("51 + 29",
-                 "x = 5 + 3") answers nothing
-  8. leading_choice  (multiple choice only) the response opens with a labelled letter: "B.", "(B)", "B)", "B:",
-                 "**B**"; not when the text lists two or more labelled options
-  9. free_text   the last sentence (split at . ! ? 。 and line ends; at most 600 characters).
-       Multiple choice: its last standalone capital letter within the options ("A" and "I" before a lowercase
-         word are the article and the pronoun, unless the word is a verb or and/or); refused when joined to the
-         letter before it by or/and/","/"/" ("C or D"), when the sentence is only a letter (unless bold) or lists
-         labelled options. With no letter at all, the number rule (an option's text counts as its letter).
-       Otherwise: its sole value, counted from the clause of a conclusion word (so, thus, total, answer, now, left,
-         所以, 一共, итак, donc, ...) or from after a result verb (is, equals, gives, get, makes, comes to, adds up
-         to, has, needs, costs, takes, it's, ...; operands before it do not count: "The sum of 51 and 29 is 80"),
-         the last of these with a value after it, else the whole sentence; after an "=" only what follows the last
-         one: a plain number (1,250, 3/4, 12:30, 30 %, negative 5, eighty-one; "$1.45" followed by words is
-         currency) or a math span with a digit. The sentence must conclude: a conclusion word, a result verb, a
-         bold value (**42**) or an "=".
-     Refused: a hedge or an echo of the task anywhere in the sentence (maybe, probably, not sure, guess, either,
-     could, suppose, question, "?"; for numbers also "or"), or a negation, bound or condition in the clause of the
-     value or letter (not, wrong, at least, more than, about, except, if, let, given, find, what, how many: "So B
-     is wrong", "not 5"; "If we multiply 7 by 8, we get 56" keeps 56). No question text reaches the reward, so an
-     echo is a sentence that restates or asks the task or lists several values: listing numbers, hedging "3 or 4"
-     or repeating the question's numbers without concluding earns nothing.
+  5. leading_value (no choice; at most 2400 characters): an opening plain number, bold or not, that ends its sentence
+     or line ("80. To get this, I added 51 and 29."); not before a numbered list, "step", a hedge or a self-correction
+  6. math_only: the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\) or \\[...\\] (a
+     display may span lines); its content, unless bare arithmetic (rule 7)
+  7. last_line: the last non-empty line if it is a bare answer (a number, 20%, a closed form, "x = 5", a choice letter
+     only when it is the whole response), else what follows its last "=" if that is a number or closed form and the
+     line has no hedge or negation; bare arithmetic of plain numbers ("51 + 29", "x = 5 + 3") answers nothing
+  8. leading_choice (choice only): an opening "B.", "(B)", "B)", "B:" or "**B**", unless the text lists labelled options
+  9. free_text: the last sentence (split at . ! ? 。 and line ends; at most 600 characters).
+     Multiple choice: its last standalone capital letter within the options ("A" and "I" before a lowercase word are
+       the article and the pronoun, unless the word is a verb or and/or); refused when joined to the letter before it
+       by or/and/","/"/" ("C or D"), when the sentence is only a letter (unless bold) or lists labelled options. With
+       no letter at all, the number rule (an option's text counts as its letter).
+     Otherwise: its sole value, counted from the clause of a conclusion word (so, thus, total, answer, now, left, 所以,
+       一共, итак, donc, ...) or from after a result verb (is, equals, gives, get, makes, comes to, adds up to, has,
+       needs, costs, takes, it's, ...; operands before it do not count: "The sum of 51 and 29 is 80"), the last of
+       these with a value after it, else the whole sentence; after an "=" only what follows the last one: a plain
+       number (1,250, 3/4, 12:30, 30 %, negative 5, eighty-one; "$1.45" followed by words is currency) or a math span
+       with a digit. The sentence must conclude: a conclusion word, a result verb, a bold value (**42**) or an "=".
+     Refused: a hedge or an echo of the task anywhere in the sentence (maybe, probably, not sure, guess, either, could,
+       suppose, question, "?"; for numbers also "or"), or a negation, bound or condition in the clause of the value or
+       letter (not, wrong, at least, more than, about, except, if, let, given, find, what, how many: "So B is wrong",
+       "not 5"; "If we multiply 7 by 8, we get 56" keeps 56). No question text reaches the reward, so an echo is a
+       sentence that restates or asks the task or lists several values: listing numbers, hedging "3 or 4" or
+       repeating the question's numbers without concluding earns nothing.
 
-Equivalence (is_equivalent), on both sides after stripping wrappers ($, \\(\\), \\text{}, \\textbf{}, \\mathrm{} and
-kin, \\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words after a value, none of is/not/or/than/...:
-"5 cm", "24 m²", "\\frac{1}{3} meters", not "5 is too small"; number words zero..ninety-nine, hundred, thousand and
-"negative 5" are numbers):
+Equivalence (is_equivalent), both sides after stripping wrappers ($, \\(\\), \\text{}, \\textbf{}, \\mathrm{} and kin,
+\\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words after a value, none of is/not/or/than/...: "5 cm",
+"24 m²", "\\frac{1}{3} meters", not "5 is too small"; zero..ninety-nine, hundred, thousand, "negative 5" are numbers):
   - a left-hand side that is a name is dropped: x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2), \\frac{NO}{BO} = ...,
     S_{ABC}:S = 7:32, x \\in [0,1), x \\approx 11 (a name has letters and no digit or + - * ^ outside subscripts and
     parentheses, so "2x + z = 1" keeps its left side); chains x = 2 + 3 = 5 and arithmetic 51 + 29 = 80 keep the
     last side; "x = 1/3 \\approx 0.33" keeps the exact 1/3; f(y) = y equals f(x) = x (one-letter variable renamed);
-  - several answers joined by "or" are never equal to a single answer; "and" (also ", and") is a list separator,
-    so "19, 46, and 82" = "19, 46, 82";
-  - multiple choice: (B), B., B), "B) text", "Option B"; with `options`, an option's text counts as its letter;
-    several different letters are not one letter;
-  - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty = \\infty), bare lists
-    (split at commas, else semicolons) and \\{sets\\} in any order (a set equals a bare list, never a tuple);
-  - numbers: integers exactly, anything else within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 = 1,\\!000 = 1 000;
-    a/b, \\frac, \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation; closed forms (+ - * / ^, parentheses,
-    \\sqrt, \\pi, \\frac, n!) by value with a small bounded evaluator (no eval); a decimal with at least 4
-    significant digits also equals a non-decimal exact value or closed form that rounds to it at its number of
-    places (2.6667 = 8/3, but 0.333 != 1/3 and 3.1416 != 3.14159);
-  - decimal commas (reward only: it sees the response): when the response is in a language that writes them
-    (Cyrillic, accented Latin letters, or a few words: ist, und, est, donc, es, la, ...) and the reference is no
-    choice, an answer 3,5 means 3.5 unless a 3-digit grouping reading exists (3,500 stays 3500) or the reference
-    is a list; in English 3,5 stays a list;
+  - multiple choice: (B), B., B), "B) text", "Option B" or, with `options`, an option's text; "A, C" is not "A";
+  - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty = \\infty), bare lists (split
+    at commas, else semicolons; "and" and ", and" separate too: "19, 46, and 82" = "19, 46, 82") and \\{sets\\} in any
+    order (a set equals a bare list, never a tuple); several answers joined by "or" never equal a single answer;
+  - numbers: integers exactly, others within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 = 1,\\!000 = 1 000; a/b, \\frac,
+    \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation; closed forms (+ - * / ^, parentheses, \\sqrt, \\pi,
+    \\frac, n!) by value (a small bounded evaluator, no eval); a decimal of 4+ significant digits also equals a
+    non-decimal exact value or closed form rounding to it at its places (2.6667 = 8/3; 0.333 != 1/3, 3.1416 != 3.14159);
+  - decimal commas (reward only: it sees the response): in a response in a language that writes them (Cyrillic,
+    accented Latin letters, or a few words: ist, und, est, donc, es, la, ...), an answer 3,5 means 3.5 unless the
+    reference is a choice or a list, or a 3-digit grouping reading exists (3,500 stays 3500); in English 3,5 is a list;
   - percentages: x% equals x and x/100 (so 50% = 50 = 0.5, but 0.5 != 50 without a %);
   - otherwise text, case- and whitespace-insensitive.
 Linear time in the response length; long answers are compared as text; never raises.
 
 CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...]
-     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8 BOM is accepted;
-                                      a non-UTF-8 byte, a bad row or an unreadable file prints one
-                                      "error: FILE:LINE: ..." line and exits 2)
+     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8 BOM is accepted; a
+     non-UTF-8 byte, a bad row or an unreadable file prints one "error: FILE:LINE: ..." line and exits 2)
 """
 import argparse
 import math
@@ -100,13 +88,10 @@ def _last_braced(text, commands=("\\boxed", "\\fbox")):
         return None
     depth, i = 0, start + len(cmd)
     for m in BRACES.finditer(text, i, i + 100_000):  # run of braces to run; longer counts as unclosed
-        n = m.end() - m.start()
-        if m.group()[0] == "{":
-            depth += n
-        elif n >= depth:
+        n, opening = m.end() - m.start(), m.group()[0] == "{"
+        if not opening and n >= depth:
             return text[i + 1:m.start() + depth - 1], m.start() + depth
-        else:
-            depth -= n
+        depth += n if opening else -n
     return None
 
 
@@ -117,8 +102,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?؟])\s+|(?<=[。！？])|\n")
 
 
 def extract_with_rule(response, choice=0):
-    """(final answer string or None, name of the rule that found it). choice: the number of option letters
-    when the reference is a choice letter (free text is then searched for a letter), else 0."""
+    """(answer or None, the rule that found it); choice: the number of options if the reference is a letter, else 0."""
     if "<think>" in response and "</think>" not in response:
         return None, "unclosed_think"
     text = response.rsplit("</think>", 1)[-1]
@@ -127,8 +111,7 @@ def extract_with_rule(response, choice=0):
     start = text.find("<answer>", prev + len("</answer>") if prev >= 0 else 0, max(end, 0))
     if end >= 0 and start >= 0:
         return text[start + len("<answer>"):end].strip(), "answer_tag"
-    boxed = _last_braced(text)
-    if boxed is not None and not FINAL_STATEMENT.search(text, boxed[1]):
+    if (boxed := _last_braced(text)) and not FINAL_STATEMENT.search(text, boxed[1]):
         return boxed[0].strip(), "boxed"
     window = text[-100_000:]
     low = window.encode("ascii", "replace").decode().lower()  # same indices as window
@@ -139,15 +122,14 @@ def extract_with_rule(response, choice=0):
         rest = re.split(r"[.!](?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
         if rest:
             return _refine(rest, choice), "answer_is"
-    line = _answer_line(window, low)
-    if line:
+    if line := _answer_line(window, low):
         return _refine(line, choice), "answer_line"
     tail = text.rstrip()
     end = tail[-3 * MAX_SENTENCE:]
     for _ in range(3):  # closing courtesy sentences: "I hope this helps!", "Let me know if ..."
         piece = SENTENCE_END.split(end[-MAX_SENTENCE:])[-1]
         end = end[:len(end) - len(piece)].rstrip() if COURTESY.fullmatch(piece) else end
-    tail = tail[:-3 * MAX_SENTENCE] + end if len(end) < min(len(tail), 3 * MAX_SENTENCE) else tail
+    tail = tail[:-3 * MAX_SENTENCE] + end
     m = LEADING.match(tail[:80]) if len(tail) <= 4 * MAX_SENTENCE else None  # "80. To get this, I added 51 and 29."
     if m and not choice and not (re.search(r"\n\s*\d+[.)]\s|\bsteps?\b", tail) or HEDGE_NUMBER.search(tail, m.end())
                                  or CORRECTION.search(tail, m.end())):
@@ -165,12 +147,10 @@ def extract_with_rule(response, choice=0):
         if "=" in last and _value(_normalize(rhs)) is not None and not (
                 ARITHMETIC.fullmatch(rhs) or HEDGE_NUMBER.search(last) or NEGATION.search(last)):
             return rhs, "last_line"
-    if choice:
-        m = re.match(r"\s*(?:\*\*)?\(?([A-Z])(?:\)|\.|:|\*\*)(?=\s|$)", tail)
-        if m and LETTERS.index(m.group(1)) < choice and not _lists_options(tail[:1000]):
-            return m.group(1), "leading_choice"
-    pieces = SENTENCE_END.split(tail[-4 * MAX_SENTENCE:].rstrip(" \t\n.!。！"))
-    found = _sole(pieces[-1].strip(), choice)
+    m = re.match(r"\s*(?:\*\*)?\(?([A-Z])(?:\)|\.|:|\*\*)(?=\s|$)", tail)
+    if m and LETTERS.index(m.group(1)) < choice and not _lists_options(tail[:1000]):  # no letter when choice is 0
+        return m.group(1), "leading_choice"
+    found = _sole(SENTENCE_END.split(tail[-4 * MAX_SENTENCE:].rstrip(" \t\n.!。！"))[-1].strip(), choice)
     return (found, "free_text") if found else (None, "none")
 
 
@@ -190,17 +170,14 @@ def _answer_line(window, low):
         last = m
     if last is None or CORRECTION.search(low, last.end(), last.end() + 4 * MAX_SENTENCE):
         return None
-    j = window.find("\n", last.end())
-    return re.split(r"\.(?:\s|$)", window[last.end():j if j >= 0 else len(window)], maxsplit=1)[0].strip(" *.")
+    return re.split(r"\.(?:\s|$)", window[last.end():].split("\n", 1)[0], maxsplit=1)[0].strip(" *.")
 
 
 def _math_only(s):
     """Content of s when s is exactly one math span (see rule 6), else None."""
     m = MATH_ONLY.fullmatch(s) if len(s) <= 10 * MAX_ANSWER else None
     content = m and next(g for g in m.groups() if g is not None)
-    if not content or re.search(r"\$|\\[\[\]()]", content):
-        return None  # two spans: "$3$ or $4$"
-    return content.strip()
+    return content.strip() if content and not re.search(r"\$|\\[\[\]()]", content) else None  # not "$3$ or $4$"
 
 
 def _structured(s):
@@ -268,16 +245,14 @@ def _sole(s, choice, need_conclusion=True):
     """The one value (multiple choice: the one final letter) a sentence states, else None (rule 9)."""
     if not s or len(s) > MAX_SENTENCE:
         return None
-    if choice:
-        letters = [m for m in LETTER.finditer(s) if LETTERS.index(m.group(1)) < choice and _is_letter(s, m)]
-        if letters:
-            if HEDGE_LETTER.search(s) or not re.search(r"[^\W\d_]{2}|^\*\*", s) or _lists_options(s):
-                return None
-            between = s[letters[-2].end():letters[-1].start()] if len(letters) > 1 else "x"
-            if re.fullmatch(r"(?i)[\s,/&*]*(?:(?:or|and|und|oder|et|ou|y|o|или|и)\b[\s,*]*)?|[\s,*]*(?:或|和)[\s,*]*", between):
-                return None  # "C or D", "A, C": several letters offered
-            last = letters[-1]
-            return last.group(1) if _asserted(s, last.start(), last.end()) else None
+    letters = [m for m in LETTER.finditer(s) if LETTERS.index(m.group(1)) < choice and _is_letter(s, m)]
+    if letters:  # multiple choice (none when choice is 0)
+        if HEDGE_LETTER.search(s) or not re.search(r"[^\W\d_]{2}|^\*\*", s) or _lists_options(s):
+            return None
+        between = s[letters[-2].end():letters[-1].start()] if len(letters) > 1 else "x"
+        if re.fullmatch(r"(?i)[\s,/&*]*(?:(?:or|and|und|oder|et|ou|y|o|или|и)\b[\s,*]*)?|[\s,*]*(?:或|和)[\s,*]*", between):
+            return None  # "C or D", "A, C": several letters offered
+        return letters[-1].group(1) if _asserted(s, *letters[-1].span()) else None
     if HEDGE_NUMBER.search(s):
         return None
     starts = sorted([max(s.rfind(c, 0, m.start()) for c in ",;:，；：") + 1 for m in CONCLUSION.finditer(s)]
@@ -306,9 +281,8 @@ def _lists_options(s):
 
 
 def _values_in(s, begin):
-    """([(start, end, text)] of the values s states from `begin` on; whether an "=" outside math
-    came first). Math spans with a digit count as one value each; after an "=" only what follows
-    the last one counts."""
+    """([(start, end, text)] of the values s states from `begin` on; whether an "=" outside math came first).
+    Math spans with a digit count as one value each; after an "=" only what follows the last one counts."""
     spans, pos = [], begin
     while m := MATH_SPAN.search(s, pos):
         pos = m.end() if m.group(4) is None or not PROSE.search(m.group(4)) else m.start() + 1
@@ -364,9 +338,7 @@ def _normalize(s):
     m = UNIT.fullmatch(s)  # 5 cm -> 5, \frac{1}{3} meters -> \frac{1}{3}
     if m and not MULTI.search(s) and _value(m.group(1).strip().rstrip("%")) is not None:
         s = m.group(1).strip()
-    if re.fullmatch(r"[-+]?\d{1,3}( \d{3})+(\.\d+)?", s):  # 1 000 -> 1000
-        s = s.replace(" ", "")
-    return s
+    return s.replace(" ", "") if re.fullmatch(r"[-+]?\d{1,3}( \d{3})+(\.\d+)?", s) else s  # 1 000 -> 1000
 
 
 def _spelled_value(m):
@@ -418,19 +390,14 @@ NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 def _exact(s):
     """Exact value (Fraction) of a plain number, a/b or \\frac{a}{b}; None otherwise."""
     s = re.sub(r"\s*([/+-])\s*", r"\1", s.strip())  # "- 3", "3 / 4"; but "3 4" is no number
-    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", s):
-        s = s.replace(",", "")
-    m = re.fullmatch(r"(-?)\\frac\{(" + NUM + r")\}\{(" + NUM + r")\}", s)
-    if m:
-        s = f"{m.group(1)}{m.group(2)}/{m.group(3)}"
+    s = s.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", s) else s  # 1,000 -> 1000
+    s = re.sub(r"\A(-?)\\frac\{(" + NUM + r")\}\{(" + NUM + r")\}\Z", r"\1\2/\3", s)
     parts = s.split("/")
     if (len(s) > 100 or len(parts) > 2 or not all(re.fullmatch(NUM, p) for p in parts)
             or any(abs(int(e)) > 400 for e in re.findall(r"[eE]([-+]?\d+)", s))):
         return None  # no number, or one like 1e999999 that would build a huge integer
-    try:
-        return Fraction(parts[0]) / Fraction(parts[1] if len(parts) == 2 else 1)
-    except ZeroDivisionError:
-        return None
+    denominator = Fraction(parts[1] if len(parts) == 2 else 1)
+    return Fraction(parts[0]) / denominator if denominator else None
 
 
 TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|\\[a-zA-Z]+|[-+*/^(){}\[\]!])")
@@ -441,54 +408,45 @@ def _evaluate(s):
     numbers, implicit products: 2\\sqrt{3}), else None; at most MAX_EXPR characters, bounded powers and n!."""
     if len(s) > MAX_EXPR or TOKEN.sub("", s).strip():
         return None  # too long, or something that is no token
-    tokens, i = TOKEN.findall(s) + [""], 0  # tokens[i] is the next one
-
-    def take():
-        nonlocal i
-        i += 1
-        return tokens[i - 1]
+    tokens = [""] + TOKEN.findall(s)[::-1]  # reversed: tokens[-1] is the next one, "" the end
+    take = tokens.pop
 
     def expr():
         v = term()
-        while tokens[i] in ("+", "-"):
+        while tokens[-1] in ("+", "-"):
             v = v + term() if take() == "+" else v - term()
         return v
 
     def term():
         v = unary()
         while True:
-            t = tokens[i]
+            t = tokens[-1]
             if t in ("*", "/", "\\cdot", "\\times", "\\div"):
-                take()
-                v = v / unary() if t in ("/", "\\div") else v * unary()
+                v = v / unary() if take() in ("/", "\\div") else v * unary()
             elif t in ("(", "{", "\\pi", "\\sqrt", "\\frac"):
                 v = v * power()  # implicit product: 2\sqrt{3}, 3(4); never two bare numbers ("3 4")
             else:
                 return v
 
     def unary():
-        if tokens[i] in ("-", "+"):
+        if tokens[-1] in ("-", "+"):
             return -unary() if take() == "-" else unary()
         return power()
 
     def power():
-        base = postfix()
-        if tokens[i] == "^":
+        base = atom()
+        while tokens[-1] == "!":
+            take()
+            if base != int(base) or not 0 <= base <= 100:
+                raise ValueError
+            base = float(math.factorial(int(base)))
+        if tokens[-1] == "^":
             take()
             exp = unary()
             if abs(exp) > 1000 or (base < 0 and exp != int(exp)) or (base == 0 and exp < 0):
                 raise ValueError
             return float(base) ** exp  # an OverflowError is caught below
         return base
-
-    def postfix():
-        v = atom()
-        while tokens[i] == "!":
-            take()
-            if v != int(v) or not 0 <= v <= 100:
-                raise ValueError
-            v = float(math.factorial(int(v)))
-        return v
 
     def atom():
         t = take()
@@ -504,7 +462,7 @@ def _evaluate(s):
         if t == "\\frac":
             return atom() / atom()
         if t == "\\sqrt":
-            n = atom() if tokens[i] == "[" else 2.0  # \sqrt[3]{8}
+            n = atom() if tokens[-1] == "[" else 2.0  # \sqrt[3]{8}
             v = atom()
             if v < 0:
                 raise ValueError
@@ -513,7 +471,7 @@ def _evaluate(s):
 
     try:
         v = expr()
-        return v if tokens[i] == "" and math.isfinite(v) else None
+        return v if tokens == [""] and math.isfinite(v) else None
     except (OverflowError, ZeroDivisionError, ValueError, RecursionError):
         return None
 
@@ -523,9 +481,7 @@ def _value(s):
     exact = _exact(s)
     if exact is not None:
         return exact, float(exact)
-    if not re.search(r"\d|\\pi", s):
-        return None
-    v = _evaluate(s)
+    v = _evaluate(s) if re.search(r"\d|\\pi", s) else None
     return None if v is None else (None, v)
 
 
@@ -546,14 +502,12 @@ def _values_equal(p, g):
         if v is None:
             return None
         cands.append([v] + ([(None if v[0] is None else v[0] / 100, v[1] / 100)] if s.endswith("%") else []))
-    if any(_numbers_equal(a, b) for a in cands[0] for b in cands[1]):
-        return True
-    return _rounded(p, g, cands[1][0]) or _rounded(g, p, cands[0][0])
+    return (any(_numbers_equal(a, b) for a in cands[0] for b in cands[1])
+            or _rounded(p, g, cands[1][0]) or _rounded(g, p, cands[0][0]))
 
 
 def _rounded(s, other, value):
-    """True if s is a decimal with at least 4 significant digits and `other` (with `value`), not
-    itself a plain decimal, is an exact value or closed form that rounds to s at s's places."""
+    """True if s (4+ significant digits) is `other` (value `value`, no plain decimal) rounded at its decimal places."""
     m = re.fullmatch(r"[-+]?(\d*)\.(\d+)", s)
     if not m or len((m.group(1) + m.group(2)).lstrip("0")) < 4 or re.fullmatch(r"[-+]?[\d,]*\.?\d*", other):
         return False
@@ -573,10 +527,9 @@ def _letters(s, allow_text=True):
     found = set()
     for p in parts:
         m = CHOICE.match(p)
-        if not m or (m.end() < len(p) and not (allow_text and len(parts) == 1 and p[m.end() - 1] in ".:)")):
+        if (not m or (m.end() < len(p) and not (allow_text and len(parts) == 1 and p[m.end() - 1] in ".:)"))
+                or re.search(r"(?:^|\s)\(?[A-Z][).:](?:\s|$)", p[m.end():])):  # "(A) (B) (C)": every option listed
             return None
-        if re.search(r"(?:^|\s)\(?[A-Z][).:](?:\s|$)", p[m.end():]):
-            return None  # "(A) (B) (C)": every option listed
         found.add(m.group(1).upper())
     return found or None
 
@@ -606,13 +559,11 @@ def _compare(p, g):
         return bool(p)
     if len(p) > MAX_ANSWER or len(g) > MAX_ANSWER or MULTI.search(p) or MULTI.search(g):
         return False  # too long, or "3 or 4": several answers are not one answer
-    mp, mg = MATRIX.fullmatch(p), MATRIX.fullmatch(g)
-    if mp or mg:
-        if not (mp and mg):
-            return False
-        rp, rg = ([r.split("&") for r in m.group(1).strip().split("\\\\") if r.strip()] for m in (mp, mg))
-        return [len(r) for r in rp] == [len(r) for r in rg] and all(
-            _compare(_normalize(a), _normalize(b)) for ra, rb in zip(rp, rg) for a, b in zip(ra, rb))
+    matrices = [m for m in (MATRIX.fullmatch(p), MATRIX.fullmatch(g)) if m]
+    if matrices:  # a matrix equals only a matrix of the same shape, element by element
+        rows = [[r.split("&") for r in m.group(1).strip().split("\\\\") if r.strip()] for m in matrices]
+        return len(rows) == 2 and [len(r) for r in rows[0]] == [len(r) for r in rows[1]] and all(
+            _compare(_normalize(a), _normalize(b)) for ra, rb in zip(*rows) for a, b in zip(ra, rb))
     sp, sg = _sequence(p), _sequence(g)
     if sp or sg:
         if not (sp and sg) or len(sp[1]) != len(sg[1]) or ("list" not in (sp[0], sg[0]) and sp[0] != sg[0]):
@@ -652,8 +603,7 @@ DECIMAL_COMMA_TEXT = re.compile(r"[а-яё]|[äöüßéèêëàâçñãõóòú�
 
 
 def _gold_letters(g, options):
-    """The set of choice letters a normalized reference names when the question is multiple choice (a letter,
-    several letters, or with `options` an option's text), else None."""
+    """The choice letters the normalized reference names (a letter, several, or an option's text), else None."""
     gl = _named_letters(g, options, allow_text=False)
     return gl if gl is not None and (options or len(gl) > 1 or re.fullmatch(r"\(?[A-Z]\)?", g)) else None
 
@@ -684,8 +634,7 @@ def _choice_count(answer, options):
 
 
 def _decimal_comma(pred, response, answer):
-    """pred with a decimal comma read as a point (3,5 -> 3.5) when the response is in a language
-    that writes them, no 3-digit grouping reading exists and the reference is not a list."""
+    """pred with a decimal comma read as a point (3,5 -> 3.5) where the module docstring says so."""
     p = _normalize(pred) if len(pred) <= MAX_EXPR else ""
     if (re.fullmatch(r"[-+]?\d+,(?:\d{1,2}|\d{4,})%?", p) and _sequence(_normalize(str(answer))) is None
             and DECIMAL_COMMA_TEXT.search(response[-4 * MAX_SENTENCE:])):
@@ -694,7 +643,9 @@ def _decimal_comma(pred, response, answer):
 
 
 def reward(response, answer, options=None):
-    """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0 (never raises)."""
+    """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0. It never raises: one
+    response the rules cannot handle (a RecursionError, a MemoryError) costs that response its reward, not
+    the training run hours in. The tests call extract_with_rule and is_equivalent directly, which raise."""
     try:
         choice = _choice_count(answer, options)
         pred = extract_answer(response, choice)
@@ -705,20 +656,8 @@ def reward(response, answer, options=None):
         return 0.0
 
 
-def _score_jsonl(path):
-    """(correct, total) over the {response, answer[, options]} rows of a JSONL file."""
-    from cli import UserError, read_jsonl  # the CLI's only import beyond the standard library
-    total = correct = 0
-    for n, row in read_jsonl(path):
-        if "response" not in row or "answer" not in row:
-            raise UserError(f"{path}:{n}: need a JSON object with response and answer")
-        correct += reward(row["response"], str(row["answer"]), row.get("options"))
-        total += 1
-    return correct, total
-
-
 def main():
-    from cli import UserError, fail
+    from cli import UserError, fail, read_jsonl  # the CLI's only import beyond the standard library
     p = argparse.ArgumentParser(description="Score a response against a reference answer (1 or 0).")
     p.add_argument("response", nargs="?")
     p.add_argument("answer", nargs="?")
@@ -726,8 +665,13 @@ def main():
     p.add_argument("--jsonl", help="file of {response, answer[, options]} rows")
     args = p.parse_args()
     if args.jsonl:
+        total = correct = 0
         try:
-            correct, total = _score_jsonl(args.jsonl)
+            for n, row in read_jsonl(args.jsonl):
+                if "response" not in row or "answer" not in row:
+                    raise UserError(f"{args.jsonl}:{n}: need a JSON object with response and answer")
+                correct += reward(row["response"], str(row["answer"]), row.get("options"))
+                total += 1
         except UserError as e:
             fail(str(e))
         print(f"accuracy {correct / max(total, 1):.4f} ({int(correct)}/{total})")
@@ -735,8 +679,7 @@ def main():
     if args.response is None or args.answer is None:
         p.error("give RESPONSE ANSWER, or --jsonl FILE")
     pred, rule = extract_with_rule(args.response, _choice_count(args.answer, args.options))
-    score = reward(args.response, args.answer, args.options)
-    print(int(score))
+    print(int(reward(args.response, args.answer, args.options)))
     print(f"extracted {pred!r} by rule {rule}; reference {args.answer!r}")
 
 
