@@ -7,8 +7,7 @@
 Each run is `torchrun --nproc_per_node=2 train.py --algo A --seed S --task T` into OUT/A-sS (finished: skipped,
 stopped: resumed), all with --init_from one cold start per seed (a 0-step run into OUT/cold-sS: the run's own cold
 start). Writes OUT/table.md (per algorithm: final and best held-out accuracy, mean +- std over seeds; the first step
-whose seed mean reaches GRPO's final one; the leak rate) and OUT/curves.png (seed means against step).
-"""
+whose seed mean reaches GRPO's final one; the leak rate) and OUT/curves.png (seed means against step)."""
 import argparse
 import os
 import statistics
@@ -60,9 +59,8 @@ def main():
     p.add_argument("--task", default="pairs")
     p.add_argument("--algos", nargs="+", default=["rlsd", "grpo", "opsd"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--eval_every", type=int, default=10)
-    p.add_argument("--nproc", type=int, default=2)
+    for flag, default in (("--steps", 150), ("--eval_every", 10), ("--nproc", 2)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--out", default=None, help="default: compare-TASK")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     args = p.parse_args()
@@ -70,14 +68,13 @@ def main():
     runs = {a: [plot.read_metrics(run(a, s, args)) for s in args.seeds] for a in args.algos}
 
     # GRPO's final accuracy, seed mean: how soon does each method get there?
-    target = statistics.mean(recs[-1]["eval/accuracy"] for recs in runs["grpo"]) if "grpo" in runs else None
+    target = statistics.mean(recs[-1]["eval/accuracy"] for recs in runs["grpo"]) if "grpo" in runs else float("inf")
     rows = ["| algo | final eval/accuracy | best eval/accuracy | first step at GRPO's final (seed mean) | leak/rate |",
             "| --- | --- | --- | --- | --- |"]
     for algo, seeds in runs.items():
         final = [recs[-1]["eval/accuracy"] for recs in seeds]
         best = [max(r["eval/accuracy"] for r in recs if r.get("eval/accuracy") is not None) for recs in seeds]
-        curve = mean_curve(seeds, "eval/accuracy")
-        reach = next((s for s, v in curve.items() if target is not None and v >= target - 1e-9), "never")
+        reach = next((s for s, v in mean_curve(seeds, "eval/accuracy").items() if v >= target - 1e-9), "never")
         leak = statistics.mean(r["leak/rate"] for recs in seeds for r in recs if "leak/rate" in r)
         rows.append(f"| {algo} | {mean_std(final)} | {mean_std(best)} | {reach} | {leak:.4f} |")
     header = (f"{args.task}: {len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}) x {args.steps} steps, "

@@ -3,8 +3,7 @@ the student and teacher prompts as token ids.
 
 A row: question (`question` | `problem` | `prompt`), answer (`answer` | `solution`, whose \\boxed{} or
 <answer> is the reference), optional images (`images` | `image`: paths relative to the file; `<image>`
-in the question marks where each goes) and options (`options` | `choices`: texts of choices A, B, ...).
-"""
+in the question marks where each goes) and options (`options` | `choices`: texts of choices A, B, ...)."""
 import os
 import random
 
@@ -21,8 +20,7 @@ def load_jsonl(path, allow_abs_paths=False):
     for n, row in read_jsonl(path):
         where = f"{path}:{n}"
         q = next((row[k] for k in ("question", "problem", "prompt") if k in row), None)
-        key = next((k for k in ("answer", "solution") if k in row), None)
-        a = row.get(key)
+        key, a = next(((k, row[k]) for k in ("answer", "solution") if k in row), (None, None))
         if not isinstance(q, str) or not q.strip():
             raise UserError(f"{where}: missing question (a non-empty 'question', 'problem' or 'prompt' field)")
         if not isinstance(a, (str, int, float)) or not str(a).strip():
@@ -64,8 +62,7 @@ def check_image(where, root, item, allow_abs_paths):
 
 
 def load_split(path, eval_path, eval_size, seed, allow_abs_paths=False):
-    """(training rows, held-out rows): eval_path's rows, or else eval_size rows (at most a tenth) of
-    path's, shuffled with `seed`, held out of training."""
+    """(training rows, held-out rows): eval_path's, or eval_size (at most a tenth) of path's, shuffled with seed."""
     train_rows = load_jsonl(path, allow_abs_paths)
     if eval_path:
         return train_rows, load_jsonl(eval_path, allow_abs_paths)
@@ -85,8 +82,7 @@ def take_prompts(order, n_rows, n, seed, step):
 
 
 def tokenize(rows, proc, max_len, template_kwargs):
-    """Add student/teacher prompt ids (image placeholders expanded); rows whose prompt exceeds max_len
-    tokens are dropped. Returns (rows, number dropped)."""
+    """(rows plus student_ids and teacher_ids, image placeholders expanded, less any over max_len; number dropped)."""
     out, seen = [], {}  # a prompt repeated in the data (a toy task's) is tokenized once
     for r in rows:
         sizes = r.get("image_sizes") or [im.size for im in r.get("images", [])]

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.utils._pytree import tree_leaves
 
 
 def setup_distributed(timeout_min=60):
@@ -24,11 +25,10 @@ def setup_distributed(timeout_min=60):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("gloo" if device.type == "cpu" else "nccl", timeout=datetime.timedelta(minutes=timeout_min))
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -58,18 +58,7 @@ def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_c
     buffers = dict(model.named_buffers())  # real tensors, computed at construction
     if grad_ckpt:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    shard(model, device, mixed_precision)
-    model.to_empty(device=device)
-    with torch.no_grad():
-        for name, b in buffers.items():
-            model.get_buffer(name).copy_(b)
-    set_model_state_dict(model, dict(full_state),  # (it edits the dict it is given)
-                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    return model
-
-
-def shard(model, device, mixed_precision):
-    """FSDP2: fully_shard every transformer block (model._no_split_modules) and then the root."""
+    # FSDP2: fully_shard every transformer block (model._no_split_modules) and then the root
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kw = {"mesh": init_device_mesh(device.type, (dist.get_world_size(),)), **({"mp_policy": mp} if mp else {})}
     block_names = set(getattr(model, "_no_split_modules", None) or [])
@@ -77,6 +66,13 @@ def shard(model, device, mixed_precision):
         if type(m).__name__ in block_names:
             fully_shard(m, **kw)
     fully_shard(model, **kw)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, b in buffers.items():
+            model.get_buffer(name).copy_(b)
+    set_model_state_dict(model, dict(full_state),  # (it edits the dict it is given)
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
 
 
 def keep_vision_in_step(model):
@@ -87,19 +83,12 @@ def keep_vision_in_step(model):
     inner, vc = model.model, model.config.vision_config
     size, merge = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, vc.spatial_merge_size
 
-    def tensors(x):
-        if torch.is_tensor(x):
-            yield x
-        elif isinstance(x, (dict, list, tuple)):
-            for v in (x.values() if isinstance(x, dict) else x):
-                yield from tensors(v)
-
     def run_blank(module, args, kwargs):
         if module.training and kwargs.get("pixel_values") is None:
             device = kwargs["input_ids"].device
             out = module.visual(torch.zeros(merge * merge, size, device=device),
                                 grid_thw=torch.tensor([[1, merge, merge]], device=device))
-            module.blank_vision = sum(t.float().sum() for t in tensors(out)) * 0
+            module.blank_vision = sum(t.float().sum() for t in tree_leaves(out) if torch.is_tensor(t)) * 0
 
     def add_zero(module, args, kwargs, out):
         if getattr(module, "blank_vision", None) is not None:

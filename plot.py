@@ -1,12 +1,10 @@
 """Training curves and token-credit heatmaps, drawn with pillow (no matplotlib).
 
-python plot.py RUN_DIR [RUN_DIR ...] -o curves.png [--keys k1 k2 ...] [--smooth N] [--labels a b c] draws metrics
-of each run's metrics.jsonl against "step", one panel per key, one line per run; null/NaN values are skipped and a
-sparse key (in at most half the records, as eval/accuracy) gets markers too.
+python plot.py RUN_DIR [RUN_DIR ...] -o curves.png [--keys k1 k2 ...] draws each run's metrics.jsonl against "step",
+one panel per key, one line per run; null/NaN values are skipped, a sparse key (as eval/accuracy) gets markers too.
 
 credit_html / credit_png draw one response's token credit (the paper's case-study figure): each token on a box
-coloured by its weight w_t = exp(sign(A) Delta_t) (blue > 1: more of the advantage, red < 1: less), Delta_t under it.
-"""
+coloured by its weight w_t = exp(sign(A) Delta_t) (blue > 1: more of the advantage, red < 1: less), Delta_t under it."""
 import argparse
 import functools
 import html
@@ -86,8 +84,8 @@ def nice_ticks(lo, hi, n=5, integer=False):
     """About n round ticks (1, 2 or 5 x 10^k apart) inside [lo, hi], and the decimals to print them."""
     raw = (hi - lo) / n
     mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
-    step = max(step, 1) if integer else step
+    # the smallest round step that gives at most about n ticks; at least 1 on an integer axis
+    step = max(next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9)), 1 if integer else 0)
     decimals = max(0, -math.floor(math.log10(step) + 1e-9))
     first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
     return [k * step for k in range(first, last + 1)], decimals
@@ -107,14 +105,13 @@ def draw_panel(draw, x0, y0, key, lines):
     ylo, yhi = limits([y for _, _, ys, _ in lines for y in ys])
     px = lambda x: left + (x - xlo) / (xhi - xlo) * (right - left)  # noqa: E731
     py = lambda y: bottom - (y - ylo) / (yhi - ylo) * (bottom - top)  # noqa: E731
-    ticks, decimals = nice_ticks(xlo, xhi, integer=True)
-    for t in ticks:
+    (xticks, xdecimals), (yticks, ydecimals) = nice_ticks(xlo, xhi, integer=True), nice_ticks(ylo, yhi)
+    for t in xticks:
         draw.line((px(t), top, px(t), bottom), fill=GRID)
-        draw.text((px(t), bottom + 5), f"{t:.{decimals}f}", font=small, fill="black", anchor="ma")
-    ticks, decimals = nice_ticks(ylo, yhi)
-    for t in ticks:
+        draw.text((px(t), bottom + 5), f"{t:.{xdecimals}f}", font=small, fill="black", anchor="ma")
+    for t in yticks:
         draw.line((left, py(t), right, py(t)), fill=GRID)
-        draw.text((left - 5, py(t)), f"{t:.{decimals}f}", font=small, fill="black", anchor="rm")
+        draw.text((left - 5, py(t)), f"{t:.{ydecimals}f}", font=small, fill="black", anchor="rm")
     draw.rectangle((left, top, right, bottom), outline=AXES)
     for colour, xs, ys, markers in lines:
         pts = [(px(x), py(y)) for x, y in zip(xs, ys)]
@@ -125,30 +122,25 @@ def draw_panel(draw, x0, y0, key, lines):
                 draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
 
 
-def legend_layout(labels, fnt, width):
-    """Left middle (x, y) of each legend entry (swatch and label), rows wrapped at `width`; and the band's height."""
-    anchors, x, y = [], 12, 0
-    for label in labels:
-        w = 34 + fnt.getlength(drawable(label, fnt)) + 24
-        if x + w > width and x > 12:
-            x, y = 12, y + LEGEND_ROW
-        anchors.append((x, y + LEGEND_ROW / 2))
-        x += w
-    return anchors, y + LEGEND_ROW
-
-
 def draw_curves(runs, keys, path, smooth=0):
     """PNG at `path` of runs = {label: [records]}: one panel per key (two columns), one line per run. Returns path."""
     if not keys:
         raise ValueError("no keys to draw")
     colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(runs)}
-    cols = min(2, len(keys))
-    anchors, legend_h = legend_layout(list(runs), font(14), cols * PANEL_W)
+    cols, fnt = min(2, len(keys)), font(14)
+    anchors, x, y = [], 12, 0  # the legend: left middle of each entry (swatch and label), rows wrapped at the width
+    for label in runs:
+        w = 34 + fnt.getlength(drawable(label, fnt)) + 24
+        if x + w > cols * PANEL_W and x > 12:
+            x, y = 12, y + LEGEND_ROW
+        anchors.append((x, y + LEGEND_ROW / 2))
+        x += w
+    legend_h = y + LEGEND_ROW
     img = Image.new("RGB", (cols * PANEL_W, legend_h + math.ceil(len(keys) / cols) * PANEL_H), "white")
     draw = ImageDraw.Draw(img)
     for (x, y), label in zip(anchors, runs):
         draw.line((x, y, x + 28, y), fill=colours[label], width=3)
-        draw.text((x + 34, y), drawable(label, font(14)), font=font(14), fill="black", anchor="lm")
+        draw.text((x + 34, y), drawable(label, fnt), font=fnt, fill="black", anchor="lm")
     for i, key in enumerate(keys):
         xys = {label: series(records, key, smooth) for label, records in runs.items()}
         # a sparse key (in at most half of a run's records) gets markers
@@ -167,7 +159,6 @@ def as_floats(tokens, weights, deltas):
 
 
 def weight_colour(w):
-    """RGB of w: white at 1, towards UP (w > 1) or DOWN (w < 1) by sqrt(|log w| / LOG_W_CAP), capped at 1."""
     if not w > 0:
         return NO_WEIGHT
     t = min(abs(math.log(w)) / LOG_W_CAP, 1.0) ** 0.5
@@ -175,7 +166,6 @@ def weight_colour(w):
 
 
 def ink(rgb):
-    """Text colour readable on background rgb."""
     return "white" if sum(rgb) < 420 else "black"
 
 
@@ -212,7 +202,6 @@ def credit_html(tokens, weights, deltas, title="", advantage=None):
 
 
 def png_text(tok):
-    """A token as the PNG draws it: newline as \\n (the default font is ASCII only)."""
     return drawable(visible(tok, "\\n"), font(16))
 
 

@@ -5,13 +5,13 @@ new run, or a stopped one restored), told where each step begins and ends, and a
 A checkpoint is a Hugging Face model directory that from_pretrained loads with no project code, plus
 in trainer/ what --resume needs: the sharded fp32 weights, optimizer state and teacher
 (torch.distributed.checkpoint), every rank's RNG states, and state.json (step, data order, settings).
-It is written to NAME.tmp and renamed when complete, so an interrupted save leaves the earlier ones.
-"""
+It is written to NAME.tmp and renamed when complete, so an interrupted save leaves the earlier ones."""
 import contextlib
 import copy
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -65,25 +65,16 @@ def find_checkpoint(resume, out):
 
 def saved_state(path):
     """trainer/state.json of a checkpoint: step, order, bad, args, id."""
-    with open(os.path.join(path, "trainer", "state.json")) as f:
-        return json.load(f)
-
-
-def fingerprint(path):
-    """sha1 of a data file, to tell when --resume is given different data."""
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
+    return json.loads(pathlib.Path(path, "trainer", "state.json").read_text())
 
 
 def run_id(model, data, eval_data, world):
-    """What must not change across a resume: the model, the data files' content, the process count."""
-    return {"model": model, "data": fingerprint(data), "eval_data": fingerprint(eval_data), "world": world}
+    """What must not change across a resume: the model, the data files' content (sha1), the process count."""
+    sha1 = {p: hashlib.sha1(pathlib.Path(p).read_bytes()).hexdigest() for p in (data, eval_data) if p is not None}
+    return {"model": model, "data": sha1.get(data), "eval_data": sha1.get(eval_data), "world": world}
 
 
 def check_same_run(path, this_id):
-    """A one-line UserError saying what differs between the checkpoint's run and this one."""
     saved = saved_state(path)["id"]
     for k in this_id:
         if this_id[k] != saved[k]:
@@ -117,15 +108,13 @@ def catch_stop_signals():
 
 
 def tell_others():
-    """Put this process's stop request (the signal and when it came) in the process group's store, once."""
     if "name" in STOP and not STOP.get("told"):
         dist.distributed_c10d._get_default_store().set("rlsd-stop", f"{STOP['name']} {STOP['at']}")
         STOP["told"] = True
 
 
 def poll():
-    """A safe point where ranks need not be in step (between decode chunks): raise Stopped if this
-    process was signalled, or another rank was (it says so through the store)."""
+    """A safe point where ranks need not be in step (between decode chunks): Stopped if any rank was signalled."""
     tell_others()
     if "at" in STOP or dist.distributed_c10d._get_default_store().check(["rlsd-stop"]):
         STOP.setdefault("at", time.time())
@@ -140,28 +129,17 @@ def agree(device):
         raise Stopped
 
 
-def first_signal():
-    """(name, time) of the signal that stopped the run, whichever rank got it."""
-    if "name" in STOP:
-        return STOP["name"], STOP["at"]
-    name, at = dist.distributed_c10d._get_default_store().get("rlsd-stop").decode().split()
-    return name, float(at)
-
-
 @contextlib.contextmanager
 def stoppable(device):
     """A phase whose polls may raise Stopped on some ranks only: the ranks meet at its end, all raise."""
-    try:
+    with contextlib.suppress(Stopped):
         yield
-    except Stopped:
-        pass
     agree(device)
 
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
-    """The model directory at `path`, and with `state` (teacher, opt, gen, info) the training state in
-    path/trainer. Every rank gathers and writes its shard; rank 0 writes the rest."""
+    """The model directory at `path`; with `state` (teacher, opt, gen, info) also the training state in path/trainer."""
     tmp = path + ".tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -181,14 +159,10 @@ def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
         proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
         write_video_config(proc, tmp)
     if state is not None:
-        sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, state["opt"])}
-        if state["teacher"] is not None:
-            sharded["teacher"] = get_model_state_dict(state["teacher"])
-        dcp.save(sharded, checkpoint_id=os.path.join(tmp, "trainer"))
+        dcp.save(trainer_state(model, state["teacher"], state["opt"]), checkpoint_id=os.path.join(tmp, "trainer"))
         save_file(rng_states(state["gen"]), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
         if rank == 0:
-            with open(os.path.join(tmp, "trainer", "state.json"), "w") as f:
-                json.dump(state["info"], f)
+            pathlib.Path(tmp, "trainer", "state.json").write_text(json.dumps(state["info"]))
     dist.barrier()
     if rank == 0:
         if os.path.exists(path):  # only "final" is rewritten: the old one is deleted after the new one is in place
@@ -199,22 +173,12 @@ def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
     dist.barrier()
 
 
-def load_checkpoint(path, model, teacher, opt, gen, rank):
-    """Restore what save_checkpoint(..., state) wrote; returns its info."""
-    sharded = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    if teacher is not None:
-        sharded["teacher"] = get_model_state_dict(teacher)
-    dcp.load(sharded, checkpoint_id=os.path.join(path, "trainer"))
-    set_model_state_dict(model, sharded["model"])
-    set_optimizer_state_dict(model, opt, sharded["optim"])
-    if teacher is not None:
-        set_model_state_dict(teacher, sharded["teacher"])
-    set_rng_states(load_file(os.path.join(path, "trainer", f"rng-{rank}.safetensors")), gen)
-    return saved_state(path)
+def trainer_state(model, teacher, opt):  # what trainer/ holds besides the RNG states and state.json
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt),
+            **({"teacher": get_model_state_dict(teacher)} if teacher is not None else {})}
 
 
 def rng_states(gen):
-    """This process's RNG states: torch's, the sampler's (gen) and CUDA's."""
     return {"torch": torch.get_rng_state(), "sampler": gen.get_state(),
             **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
 
@@ -226,13 +190,6 @@ def set_rng_states(rng, gen):
         torch.cuda.set_rng_state(rng["cuda"])
 
 
-def prune(out, keep_last):
-    """Delete all but the keep_last newest checkpoint-N dirs (0 keeps all)."""
-    steps = sorted(int(n.split("-")[1]) for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n))
-    for s in steps[:-keep_last] if keep_last else []:
-        shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- the run, as the loop sees it
 class Run:
     """--out of one run. After construction: start (the first step to run), order (the data order
@@ -240,43 +197,48 @@ class Run:
     held-out accuracy: step 0's, or one a stop cut short), from the checkpoint when resuming."""
 
     def __init__(self, args, this_id, model, teacher, opt, gen, proc, arch, save_dtype, rank, world):
-        self.args, self.id, self.rank, self.world = args, this_id, rank, world
-        self.model, self.teacher, self.opt, self.gen = model, teacher, opt, gen
-        self.proc, self.arch, self.dtype = proc, arch, save_dtype
+        self.args, self.id, self.rank, self.world, self.arch = args, this_id, rank, world, arch
+        self.model, self.teacher, self.opt, self.gen, self.proc, self.dtype = model, teacher, opt, gen, proc, save_dtype
         self.start, self.order, self.bad, self.pending, self.began = 1, [], 0, {"step": 0}, None
         self.stopped, self.stopped_at, self.abandoned = False, None, None
         self.device, self.saved_at = next(model.parameters()).device, time.time()
-        metrics = os.path.join(args.out, "metrics.jsonl")
+        metrics = pathlib.Path(args.out, "metrics.jsonl")
         if rank == 0:
             if args.overwrite:  # the earlier run's files go; nothing of it is mixed with this one
                 for n in os.listdir(args.out):
                     if n in ("metrics.jsonl", "args.json", "credit.jsonl", "final") or n.startswith("checkpoint-"):
                         p = os.path.join(args.out, n)
                         shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.remove(p)
-            with open(os.path.join(args.out, "args.json"), "w") as f:
-                json.dump(vars(args), f, indent=1)
-        if args.resume:  # weights, optimizer, teacher, RNG states, data order, step
-            info = load_checkpoint(args.resume, model, teacher, opt, gen, rank)
+            pathlib.Path(args.out, "args.json").write_text(json.dumps(vars(args), indent=1))
+        if args.resume:  # weights, optimizer, teacher, RNG states, data order, step: what Run.save wrote
+            sharded = trainer_state(model, teacher, opt)
+            dcp.load(sharded, checkpoint_id=os.path.join(args.resume, "trainer"))
+            set_model_state_dict(model, sharded["model"])
+            set_optimizer_state_dict(model, opt, sharded["optim"])
+            if teacher is not None:
+                set_model_state_dict(teacher, sharded["teacher"])
+            set_rng_states(load_file(os.path.join(args.resume, "trainer", f"rng-{rank}.safetensors")), gen)
+            info = saved_state(args.resume)
             self.start, self.order, self.bad = info["step"] + 1, info["order"], info["bad"]
             self.pending = info.get("pending")
             if rank == 0:  # keep the history up to the checkpoint; what came after is redone
-                with open(metrics) as f:
-                    kept = [line for line in f if json.loads(line)["step"] < self.start]
-                with open(metrics, "w") as f:
-                    f.writelines(kept)
+                lines = metrics.read_text().splitlines(keepends=True)
+                metrics.write_text("".join(line for line in lines if json.loads(line)["step"] < self.start))
         self.log = open(metrics, "a") if rank == 0 else None
 
     def write(self, rec):
         if self.log:
-            self.log.write(json.dumps(rec) + "\n")
-            self.log.flush()
+            print(json.dumps(rec), file=self.log, flush=True)
 
     def save(self, step, order, bad, pending=None):
         info = {"step": step, "order": order, "bad": bad, "pending": pending, "args": vars(self.args), "id": self.id}
         save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
                         self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
-        if self.rank == 0:
-            prune(self.args.out, self.args.keep_last)
+        if self.rank == 0:  # all but the --keep_last newest checkpoint-N dirs go (0 keeps all)
+            out, keep = self.args.out, self.args.keep_last
+            steps = sorted(int(n.split("-")[1]) for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n))
+            for s in steps[:-keep] if keep else []:
+                shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
         self.saved_at = time.time()
 
     def begin_step(self, step, order, bad):
@@ -284,8 +246,7 @@ class Run:
         self.began = (step, order, bad, rng_states(self.gen))
 
     def end_step(self, step, rec, order, bad):
-        """After a step: its metrics line; a checkpoint every --save_every steps or --save_every_min
-        minutes (rank 0's clock), or now if any rank has a stop request, which returns True: the loop ends."""
+        """After a step: its metrics line, a checkpoint if one is due or any rank has a stop request (then True)."""
         self.write(rec)
         a = self.args
         due = (a.save_every and step % a.save_every == 0) or (
@@ -303,6 +264,9 @@ class Run:
         checkpoint-step, the evaluation redone on resume. Else the step is abandoned before its optimizer
         step: checkpoint-(step - 1) with the data order and RNG states of the step's start, so that
         resuming replays it exactly. A stop before the first step of a new run saves nothing."""
+        # gradients of the micro-batches already run: with any, get_optimizer_state_dict takes the optimizer state
+        # as initialized and, before the first update, saves an empty one that the resume cannot load
+        self.opt.zero_grad(set_to_none=True)
         if rec.get("step") == step:
             self.save(step, order, bad, pending=rec)
         elif self.began is not None:
@@ -324,12 +288,14 @@ class Run:
             return 0
         if self.rank == 0:
             cmd = f"torchrun --nproc_per_node={self.world} train.py" if self.world > 1 else "python train.py"
-            what, at = first_signal()
+            # the signal that stopped the run, whichever rank got it
+            what, at = ((STOP["name"], STOP["at"]) if "name" in STOP
+                        else dist.distributed_c10d._get_default_store().get("rlsd-stop").decode().split())
             if self.stopped_at is None:
                 print(f"{what} during start-up: stopped, nothing saved", file=sys.stderr, flush=True)
             else:
                 done = f"step {self.abandoned} abandoned" if self.abandoned else f"stopped after step {self.stopped_at}"
-                print(f"{what}: {done}; checkpoint-{self.stopped_at} complete {time.time() - at:.1f} s after "
+                print(f"{what}: {done}; checkpoint-{self.stopped_at} complete {time.time() - float(at):.1f} s after "
                       f"the signal; resume with: {cmd} --resume --out {out}", file=sys.stderr, flush=True)
         return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 130  # (torchrun reports non-zero as a failure)
 

