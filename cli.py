@@ -1,9 +1,11 @@
-"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL reader.
+"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL reader,
+the argument types of flags that are not plain numbers.
 
 Library code raises `UserError` with a one-line message (naming the file and line, or the flag);
 only an entry point, wrapped in `@entry_point`, turns it into `error: ...` on stderr and exit code 2.
 No torch here: verify.py and plot.py use it too.
 """
+import argparse
 import functools
 import json
 import os
@@ -25,6 +27,24 @@ def fail(msg):
             json.dump({"message": {"message": f"error: {msg}", "extraInfo": {"py_callstack": f"error: {msg}",
                                                                              "timestamp": str(int(time.time()))}}}, f)
     sys.exit(2)
+
+
+def gen_batch_arg(v):
+    if v == "auto":
+        return v
+    if not v.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {v!r}")
+    return int(v)
+
+
+def json_object(v):
+    try:
+        obj = json.loads(v)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg})")
+    if not isinstance(obj, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return obj
 
 
 def entry_point(main):

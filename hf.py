@@ -30,12 +30,10 @@ def tokenizer_of(proc):
 def check_model(name, flag):
     """A model dir with a config.json, or a hub id whose config.json the hub serves (one request) or the
     local cache has (the only place looked at when HF_HUB_OFFLINE is set)."""
-    if name in (None, "tiny-vl"):
+    if name in (None, "tiny-vl") or (os.path.isdir(name) and os.path.isfile(os.path.join(name, "config.json"))):
         return
     if os.path.isdir(name):
-        if not os.path.isfile(os.path.join(name, "config.json")):
-            raise UserError(f"{flag} {name}: a directory without config.json (not a saved model)")
-        return
+        raise UserError(f"{flag} {name}: a directory without config.json (not a saved model)")
     if name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.isdir(name.split("/")[0]):
         raise UserError(f"{flag} {name}: no such directory")
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
@@ -106,10 +104,8 @@ def write_video_config(proc, directory):
 
 def eos_token_ids(model, tokenizer):
     """Every id that ends a response: the tokenizer's EOS and the model's generation_config EOS ids."""
-    ids = {tokenizer_of(tokenizer).eos_token_id}
-    gen = getattr(model, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
-    ids |= set(extra if isinstance(extra, (list, tuple)) else [extra])
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer_of(tokenizer).eos_token_id, *(extra if isinstance(extra, (list, tuple)) else [extra])}
     return {i for i in ids if i is not None}
 
 
@@ -129,19 +125,10 @@ def format_prompt(proc, text, n_images=0, **template_kwargs):
     if n_images:
         parts = text.split("<image>") if "<image>" in text else [""] * n_images + [text]
         content = []
-        for i, part in enumerate(parts):
-            if i:
-                content.append({"type": "image"})
-            if part:
-                content.append({"type": "text", "text": part})
+        for i, part in enumerate(parts):  # an image between two parts; no empty text
+            content += ([{"type": "image"}] if i else []) + ([{"type": "text", "text": part}] if part else [])
     return proc.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                     add_generation_prompt=True, **template_kwargs)
-
-
-def image_token_counts(proc, sizes):
-    """Tokens each image of size (width, height) becomes in the prompt, from the image processor's resize."""
-    ip = proc.image_processor
-    return [ip.get_number_of_image_patches(h, w, {}) // ip.merge_size ** 2 for w, h in sizes]
 
 
 def prompt_ids(proc, text, image_sizes=()):
@@ -150,7 +137,8 @@ def prompt_ids(proc, text, image_sizes=()):
         pieces = text.split(proc.image_token)
         if len(pieces) != len(image_sizes) + 1:
             raise ValueError(f"{len(pieces) - 1} image placeholders for {len(image_sizes)} images")
-        counts = image_token_counts(proc, image_sizes) + [0]
+        ip = proc.image_processor  # tokens per image of size (width, height), from the image processor's resize
+        counts = [ip.get_number_of_image_patches(h, w, {}) // ip.merge_size ** 2 for w, h in image_sizes] + [0]
         text = "".join(p + proc.image_token * n for p, n in zip(pieces, counts))
     return tokenizer_of(proc)(text, add_special_tokens=False)["input_ids"]
 
@@ -192,3 +180,11 @@ def rope_positions(model, ids, mask, image_grid_thw=None, prompt_len=None):
     if prompt_len is not None:
         types[:, prompt_len:] = 0
     return model.model.get_rope_index(ids, types, image_grid_thw=image_grid_thw, attention_mask=mask)[0]
+
+
+def decode_positions(last):
+    """Positions of the next token after `last` ([B, L] or [3, B, L] prompt positions): one more than the
+    row's largest, the same on the three M-RoPE axes. Returns [B, 1] or [3, B, 1]."""
+    B = last.shape[-2]
+    nxt = last.reshape(-1, B, last.shape[-1]).amax(dim=(0, 2)) + 1  # [B]
+    return nxt[:, None] if last.dim() == 2 else nxt.view(1, B, 1).expand(3, B, 1)

@@ -46,7 +46,8 @@ def kv_bytes_per_token(s, dtype_bytes=2):
 
 
 # ----------------------------------------------------------------------------- the plan
-def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_bytes=4, compute_bytes=2, teacher=True):
+def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_bytes=4, compute_bytes=2, teacher=True,
+                keep_gathered=False):
     """Bytes per GPU at the peak of each phase of a step (FSDP2 over `gpus`, AdamW, fp32 master weights,
     `compute_bytes` for gathered weights, activations and the KV cache).
 
@@ -56,7 +57,8 @@ def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_by
     teacher  : resident + the teacher gathered + one micro-batch's no-grad forward + one logit chunk
     update   : resident + sharded fp32 grads + gathered root weights (embeddings, head) and their grads
                + two gathered blocks (one prefetched) + activations with checkpointing (each block's
-               input kept, one block recomputed) + one logit chunk (logits, log-softmax, grad)
+               input kept, one block recomputed) + one logit chunk (logits, log-softmax, grad);
+               keep_gathered: all weights gathered and all gradients unsharded (fp32) instead of root + blocks
     """
     P, h, L = n_params(s), s["hidden"], prompt_len + resp_len
     root = s["vocab"] * h * (1 if s["tied"] else 2)
@@ -70,8 +72,9 @@ def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_by
                        + gen_batch * s["vocab"] * 4 * 3,
             "teacher": resident + (P * compute_bytes + tokens * (2 * h + s["inter"]) * compute_bytes + chunk
                                    if teacher else 0),
-            "update": resident + P * master_bytes / gpus + 2 * root * compute_bytes + 2 * per_block * compute_bytes
-                      + tokens * h * compute_bytes * s["layers"] + block_act + chunk}
+            "update": resident + P * master_bytes / gpus + tokens * h * compute_bytes * s["layers"] + block_act + chunk
+                      + (P * (compute_bytes + master_bytes) if keep_gathered else
+                         2 * root * compute_bytes + 2 * per_block * compute_bytes)}
 
 
 def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, reserve=0.1):
@@ -85,23 +88,26 @@ def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, res
 
 
 # ----------------------------------------------------------------------------- the generate batch of a run
-def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2, reserve=0.1):
-    """Rows per generate call that fit in free_bytes (less a `reserve` share): each row holds its KV
-    cache for prompt + budget, or, during the prefill, the prompt's cache plus one layer's transient
-    activations (~(4 hidden + 3 intermediate) values per token); plus fp32 logits and probabilities."""
+def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2, reserve=0.1, group=1):
+    """Rows per generate call that fit in free_bytes less a `reserve` share, `group` rows per prompt: a row's
+    KV cache for prompt + budget (+ 1/group while its prompt's cache is copied to its rows), or in the prefill
+    1/group of its prompt's cache and of one layer's activations (~4 hidden + 3 intermediate values per
+    token); plus fp32 logits and probabilities."""
     s = shape_of(config)
     kv = kv_bytes_per_token(s, dtype_bytes)
     act = (4 * s["hidden"] + 3 * s["inter"]) * dtype_bytes
-    per_row = max(kv * (prompt_len + max_new_tokens), (kv + act) * prompt_len) + 3 * 4 * s["vocab"]
-    return max(1, int(free_bytes * (1 - reserve) // per_row))
+    per_row = max(kv * (prompt_len + max_new_tokens) * (1 + (group > 1) / group), (kv + act) * prompt_len / group)
+    return max(1, int(free_bytes * (1 - reserve) // (per_row + 3 * 4 * s["vocab"])))
 
 
-def gen_batch_size(model, prompts, gen_batch, max_new_tokens, device):
-    """Rows per generate call: gen_batch (0 = all), or with "auto" what fits in free device memory for
-    the longest prompt + the response budget (all rows on CPU)."""
+def gen_batch_size(config, rows, prompt_len, gen_batch, max_new_tokens, device, free_gb=None, dtype_bytes=2, group=1):
+    """Rows per generate call: gen_batch (0 = all), or with "auto" what fits in free_gb GB (default: the GPU's
+    free memory; on CPU without free_gb, all rows) for prompts of prompt_len tokens + the response budget."""
     if gen_batch != "auto":
-        return gen_batch or len(prompts)
-    if device.type != "cuda":
-        return len(prompts)
-    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return min(len(prompts), auto_gen_batch(model.config, max(map(len, prompts)), max_new_tokens, free))
+        return gen_batch or rows
+    if free_gb is None and device.type != "cuda":
+        return rows
+    free = free_gb * 1e9 if free_gb is not None else (torch.cuda.mem_get_info(device)[0]
+                                                       + torch.cuda.memory_reserved(device)
+                                                       - torch.cuda.memory_allocated(device))
+    return min(rows, auto_gen_batch(config, prompt_len, max_new_tokens, free, dtype_bytes, group=group))

@@ -21,8 +21,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from cli import UserError, entry_point
 from data import load_jsonl
-from hf import (eos_token_ids, format_prompt, image_inputs, load_spec, model_class, open_image, prompt_ids,
-                rope_positions, tokenizer_of, vision_token_ids)
+from hf import (decode_positions, eos_token_ids, format_prompt, image_inputs, load_spec, model_class, open_image,
+                prompt_ids, rope_positions, tokenizer_of, vision_token_ids)
 from logprobs import response_logprobs
 from rlsd import log_evidence_weight, student_prompt, teacher_prompt, token_logprobs
 from verify import extract_answer, reward
@@ -37,14 +37,6 @@ def left_pad(seqs, pad_id):
         ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
         mask[i, width - len(s):] = 1
     return ids, mask
-
-
-def decode_positions(last):
-    """Positions of the next token after `last` ([B, L] or [3, B, L] prompt positions): one more than the
-    row's largest, the same on the three M-RoPE axes. Returns [B, 1] or [3, B, 1]."""
-    B = last.shape[-2]
-    nxt = last.reshape(-1, B, last.shape[-1]).amax(dim=(0, 2)) + 1  # [B]
-    return nxt[:, None] if last.dim() == 2 else nxt.view(1, B, 1).expand(3, B, 1)
 
 
 def response_mask(ids, eos_ids):
@@ -116,14 +108,16 @@ def decode_one_token(model, token, mask, positions, cache):
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0, top_p=1.0,
-             generator=None, sync_every=16, poll=None, **model_inputs):
-    """Sample a response for every row of the left-padded prompt batch ids/mask [B, P].
+             generator=None, n=1, sync_every=16, poll=None, **model_inputs):
+    """Sample n responses to every prompt of the left-padded batch ids/mask [B, P] (and its images).
 
-    Returns (response ids [B, T] padded with pad_id after EOS, response mask [B, T] with the EOS token kept, token
-    log-probs [B, T] at `temperature` under the sampling policy; T <= max_new_tokens). The KV cache is preallocated for
-    P + max_new_tokens and written in place. Every `sync_every` tokens (the only host syncs) finished rows leave the
-    working batch, so a long straggler does not keep the whole batch decoding; there `poll()`, if given, may raise to
-    abandon the batch. Runs no collective: under FSDP keep parameters gathered, ranks may stop at different steps."""
+    Returns, for B' = B * n rows (row j answers prompt j // n), response ids [B', T] padded with pad_id after EOS,
+    response mask [B', T] with the EOS token kept, token log-probs [B', T] at `temperature` under the sampling policy;
+    T <= max_new_tokens. Each prompt is prefilled once; its KV cache is then copied to its n rows. The cache is
+    preallocated for P + max_new_tokens and written in place. Every `sync_every` tokens (the only host syncs)
+    finished rows leave the working batch, so a long straggler does not keep the whole batch decoding; there
+    `poll()`, if given, may raise to abandon the batch. Runs no collective: under FSDP keep parameters gathered,
+    ranks may stop at different steps."""
     B, P = ids.shape
     device = ids.device
     eos = torch.as_tensor(sorted(eos_ids), device=device)
@@ -134,6 +128,11 @@ def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0,
     pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"))  # [B, P] or [3, B, P]
     logits = prefill(model, ids, mask, pos, cache, **model_inputs)  # [B, V]
     pos = decode_positions(pos)  # [B, 1] or [3, B, 1]
+    if n > 1:  # prefix sharing: the prompt's logits, mask, positions and cache, copied to each of its n rows
+        first = torch.arange(B, device=device).repeat_interleave(n)  # [B * n]
+        logits, att, pos, B = logits[first], att[first], pos[..., first, :], B * n
+        for layer in cache.layers:
+            layer.batch_select_indices(first)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, max_new]
     out_logp = torch.zeros(B, max_new_tokens, device=device, dtype=torch.promote_types(logits.dtype, torch.float32))
     rows = torch.arange(B, device=device)  # working row -> output row
@@ -202,14 +201,14 @@ def evaluate_file(model, proc, path, out_path, n, args, device):
     gen = torch.Generator(device=device).manual_seed(args.seed)
     eos = eos_token_ids(model, tok)
     for i in range(0, len(rows), max(1, args.batch // n)):
-        chunk = [r for r in rows[i:i + max(1, args.batch // n)] for _ in range(n)]
+        chunk = rows[i:i + max(1, args.batch // n)]
         images = [[open_image(p) for p in r["images"]] for r in chunk]
         ids, mask = left_pad([prompt_ids(proc, format_prompt(proc, student_prompt(r["question"]), len(ims)),
                                          [im.size for im in ims]) for r, ims in zip(chunk, images)], tok.pad_token_id)
         resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens, eos,
-                                  tok.pad_token_id, temperature, args.top_p, gen,
+                                  tok.pad_token_id, temperature, args.top_p, gen, n=n,
                                   **image_inputs(proc, [im for ims in images for im in ims], device))
-        for k, (r, y, m) in enumerate(zip(chunk, resp, rmask)):
+        for k, (r, y, m) in enumerate(zip([r for r in chunk for _ in range(n)], resp, rmask)):
             text = tok.decode(y[m.bool()], skip_special_tokens=True)
             ended = bool(torch.isin(y[m.bool()], torch.tensor(sorted(eos), device=device)).any())
             score = reward(text, r["answer"], r.get("options")) if ended else 0.0  # as train.py: cut off = 0
@@ -270,7 +269,7 @@ def main():
     images = [open_image(path) for path in args.image]
     text = args.question if args.raw else student_prompt(args.question)
     prompt = prompt_ids(proc, format_prompt(proc, text, len(images)), [im.size for im in images])
-    ids, mask = left_pad([prompt] * args.n, tok.pad_token_id)
+    ids, mask = left_pad([prompt], tok.pad_token_id)
     if args.response is not None:
         resp = torch.tensor([tok(args.response, add_special_tokens=False)["input_ids"]], device=device)
         rmask = torch.ones_like(resp)
@@ -278,7 +277,7 @@ def main():
         gen = torch.Generator(device=device).manual_seed(args.seed)
         resp, rmask, _ = generate(model, ids.to(device), mask.to(device), args.max_new_tokens,
                                   eos_token_ids(model, tok), tok.pad_token_id, args.temperature, args.top_p, gen,
-                                  **image_inputs(proc, images * args.n, device))
+                                  n=args.n, **image_inputs(proc, images, device))
         for i in range(args.n):
             print(f"--- sample {i} ({int(rmask[i].sum())} tokens)")
             print(tok.decode(resp[i][rmask[i].bool()], skip_special_tokens=True))

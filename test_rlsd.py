@@ -394,6 +394,34 @@ def test_greedy_equals_hf_generate_when_rows_finish_at_different_steps(kind, syn
     torch.testing.assert_close(again * rmask, lp * rmask)  # log-probs of the dropped rows stay right
 
 
+@KINDS
+def test_prefix_sharing_equals_the_per_row_path(kind):
+    """generate(n=3) prefills each prompt once and copies its cache to its 3 rows: greedy rows equal
+    model.generate on the prompts repeated (left padding, rows ending at different steps), sampled
+    log-probs equal the training forward; scoring 3 responses on one shared prompt (response_logprobs n=3,
+    train.teacher_logprobs at any micro-batch) equals scoring each row with its own prompt, in fp32."""
+    model = tiny_model(kind, dtype=torch.float32)
+    ids, mask = sample.left_pad([[3, 4, 5, 6], [7, 8], [9, 10, 11]], pad_id=1)
+    rep_ids, rep_mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)  # [9, P]
+    free, _, _ = sample.generate(model, ids, mask, 10, set(), 1, temperature=0, n=3)
+    eos = {int(free[0, 1]), int(free[6, 4])}
+    resp, rmask, _ = sample.generate(model, ids, mask, 10, eos, 1, temperature=0, n=3, sync_every=2)
+    ref = model.generate(input_ids=rep_ids, attention_mask=rep_mask, max_new_tokens=10, do_sample=False,
+                         eos_token_id=sorted(eos), pad_token_id=1)[:, ids.shape[1]:]
+    assert resp.shape[0] == 9 and len(set(rmask.sum(1).tolist())) > 1
+    assert torch.equal(resp, ref[:, :resp.shape[1]]) and (ref[:, resp.shape[1]:] == 1).all()
+    gen = torch.Generator().manual_seed(0)
+    resp, rmask, lp = sample.generate(model, ids, mask, 10, eos, 1, temperature=0.8, generator=gen, n=3)
+    assert len({tuple(r) for r in resp[:3].tolist()}) > 1  # the 3 samples of a prompt differ
+    with torch.no_grad():
+        per_row = logprobs.response_logprobs(model, rep_ids, rep_mask, resp, rmask, 0.8)
+        torch.testing.assert_close(per_row * rmask, lp * rmask)
+        torch.testing.assert_close(logprobs.response_logprobs(model, ids, mask, resp, rmask, 0.8, n=3), per_row)
+        for micro_batch in (1, 3, 7):  # less than a group, one group, two groups
+            got = train.teacher_logprobs(model, ids, mask, resp, rmask, [{}] * 3, 3, micro_batch, 0.8)
+            torch.testing.assert_close(got, per_row)
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
 def test_chunked_logprobs_entropy_and_gradient_equal_unchunked(chunk):
     model = tiny_model()
@@ -487,6 +515,30 @@ def test_vl_greedy_equals_hf_generate_alone_and_in_a_batch_of_image_sizes(kind):
     again = logprobs.response_logprobs(model, ids, mask, resp, rmask, 1.0, **extra)  # the training forward
     torch.testing.assert_close(again * rmask, lp * rmask)
     assert not torch.isin(resp, torch.tensor(banned)).any()
+
+
+@VL_KINDS
+def test_vl_prefix_sharing_runs_each_image_once_and_equals_the_per_row_path(kind):
+    """A VLM's prompts with images, 2 responses each: the vision tower sees each image once (not twice) in
+    the rollout and in the shared-prompt scoring, and outputs and log-probs equal the per-row path's."""
+    model, proc = tiny_vl(kind, torch.float32)
+    ids, mask, extra, images = vl_batch(proc, VL_SPECS)
+    sizes = [len(s) for _, s in VL_SPECS]
+    per_prompt = [images[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+    rep = hf.image_inputs(proc, [im for ims in per_prompt for _ in range(2) for im in ims], "cpu")
+    rep_ids, rep_mask, pad = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), proc.tokenizer.pad_token_id
+    seen = []
+    model.model.visual.register_forward_hook(lambda m, a, k, o: seen.append(len(k["grid_thw"])), with_kwargs=True)
+    resp, rmask, lp = sample.generate(model, ids, mask, 8, set(), pad, temperature=0, n=2, **extra)
+    with torch.no_grad():
+        shared = logprobs.response_logprobs(model, ids, mask, resp, rmask, 1.0, n=2, **extra)
+    assert seen == [len(images), len(images)]
+    again, _, _ = sample.generate(model, rep_ids, rep_mask, 8, set(), pad, temperature=0, **rep)
+    assert seen[2] == 2 * len(images) and torch.equal(resp, again)
+    with torch.no_grad():
+        per_row = logprobs.response_logprobs(model, rep_ids, rep_mask, resp, rmask, 1.0, **rep)
+    torch.testing.assert_close(shared, per_row)
+    torch.testing.assert_close(lp * rmask, per_row * rmask)
 
 
 def test_vl_teacher_logprobs_read_at_student_response_positions():
@@ -1355,6 +1407,51 @@ def test_complete_runs_exit_cleanly_several_times(tmp_path):
         assert res.returncode == 0 and "terminate called" not in res.stderr, res.stderr[-2000:]
 
 
+GPU_SETTINGS = """import sys, memory, train
+def rollout(model, proc, rows, images, G, real=train.rollout, **k):
+    roll = real(model, proc, rows, images, G, **k)
+    longest, s, b = max(len(r["student_ids"]) for r in rows), memory.shape_of(model.config), roll["gen_batch"]
+    fits = memory.auto_gen_batch(model.config, longest, k["max_new_tokens"], k["gen_mem"] * 1e9, 2, group=G)
+    grow = lambda b: memory.memory_plan(s, 1, b, longest, k["max_new_tokens"], 4)["rollout"]  # bf16 plan
+    print(f"ROLLOUT {next(model.parameters()).dtype} {b} {len(rows) * G} {b == min(fits, len(rows) * G) // G * G} "
+          f"{grow(b) - grow(0) <= k['gen_mem'] * 1e9 * 0.9}", file=sys.stderr)
+    return roll
+def teacher_logprobs(teacher, *a, real=train.teacher_logprobs, **k):
+    print(f"TEACHER {next(teacher.parameters()).dtype}", file=sys.stderr)
+    return real(teacher, *a, **k)
+train.rollout, train.teacher_logprobs = rollout, teacher_logprobs
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_gpu_settings_on_two_cpu_processes_bf16_auto_gen_batch_and_keep_gathered(tmp_path):
+    """The GPU configuration on 2 CPU processes: --dtype bf16 (bf16 compute on fp32 master weights, a bf16
+    teacher) with --gen_batch auto from a given memory figure, whose choice fills that memory as the plan
+    counts it, no more (to a group); and --keep_gathered, whose steps equal the per-micro-batch ones."""
+    (tmp_path / "runner.py").write_text(GPU_SETTINGS)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    common = ["--steps", "2", "--prompts_per_step", "8", "--group_size", "4", "--eval_size", "0", "--warmup_steps",
+              "30", "--max_new_tokens", "8", "--micro_batch", "4"]
+    res = subprocess.run([*torchrun, str(tmp_path / "runner.py"), *common, "--dtype", "bf16", "--gen_batch", "auto",
+                          "--gen_mem_gb", "0.0002", "--out", str(tmp_path / "bf16")], cwd=HERE, capture_output=True,
+                         text=True, timeout=600, env=dict(os.environ, PYTHONPATH=HERE))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rollouts = [l.split()[1:] for l in res.stderr.splitlines() if l.startswith("ROLLOUT")]
+    assert len(rollouts) >= 2 and all(r[0] == "torch.bfloat16" and r[3] == r[4] == "True" for r in rollouts), rollouts
+    assert all(4 < int(r[1]) < int(r[2]) == 16 for r in rollouts), rollouts  # more than a group, less than all
+    assert {l for l in res.stderr.splitlines() if l.startswith("TEACHER")} == {"TEACHER torch.bfloat16"}
+    recs = {}
+    for name, flags in (("per_mb", []), ("kept", ["--keep_gathered"])):
+        res = subprocess.run([*torchrun, "train.py", *common, *flags, "--out", str(tmp_path / name)], cwd=HERE,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        recs[name] = read_metrics(tmp_path / name)
+    for a, b in zip(recs["per_mb"][1:], recs["kept"][1:]):
+        for k in ("loss", "grad_norm", "train/reward", "rlsd/weight_mean"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+
+
 @pytest.mark.slow
 def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
@@ -1553,6 +1650,22 @@ def run_with_stop(tmp_path, out, where, rank, launcher):
 
 
 @pytest.mark.slow
+def test_a_stop_in_the_first_update_leaves_a_resumable_checkpoint(tmp_path):
+    """A stop between micro-batches of step 1: the gradients of those already run must not reach
+    checkpoint-0 (torch saves an optimizer that has never stepped without its state when gradients
+    exist, and the resume then fails on the missing keys)."""
+    (tmp_path / "stop_at.py").write_text(STOP_AT)
+    out, env = tmp_path / "run", dict(os.environ, STOP_IN="update", STOP_STEP="1", STOP_RANK="0", PYTHONPATH=HERE)
+    res = subprocess.run([sys.executable, str(tmp_path / "stop_at.py"), *STOPPABLE, "--steps", "2", "--out", str(out)],
+                         cwd=HERE, capture_output=True, text=True, timeout=600, env=env)
+    assert "SIGTERM: step 1 abandoned; checkpoint-0 complete" in res.stderr, res.stderr[-3000:]
+    res = subprocess.run([sys.executable, "train.py", "--resume", "--out", str(out)], cwd=HERE, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(out)] == [0, 1, 2]
+
+
+@pytest.mark.slow
 def test_a_stop_abandons_the_step_and_resume_replays_it_exactly(tmp_path):
     """2 processes; SIGTERM to one rank only, during the rollout (the other rank is mid-decode) and
     between update micro-batches: checkpoint-1 as of step 2's start, one line, and the resumed run's
@@ -1613,7 +1726,7 @@ def test_a_signal_mid_step_saves_the_previous_step_within_the_grace_period(tmp_p
     out = tmp_path / "run"
     cmd = ([sys.executable, "train.py"] if launcher == "python" else
            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py"])
-    long_steps = [*RUN, "--warmup_steps", "0", "--max_new_tokens", "300", "--prompts_per_step", "8", "--eval_size", "0",
+    long_steps = [*RUN, "--warmup_steps", "0", "--max_new_tokens", "300", "--prompts_per_step", "32", "--eval_size", "0",
                   "--micro_batch", "4"]
     proc = subprocess.Popen([*cmd, *long_steps, "--steps", "1", "--out", str(out)], cwd=HERE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -1707,9 +1820,10 @@ def test_memory_plan_matches_measured_peak_memory_on_cpu():
     import bench
     rows, prompt_len, new_tokens, micro_batch = 4, 64, 64, 2
     got = bench.measure_memory(1, rows, prompt_len, new_tokens, micro_batch, out=os.path.join(HERE, ".bench-mem"))[0]
-    plan = memory.memory_plan(memory.shape_of(bench.memory_config()), 1, rows, prompt_len, new_tokens, micro_batch,
-                             compute_bytes=4)
-    for phase in ("rollout", "teacher", "update"):
+    plan = functools.partial(memory.memory_plan, memory.shape_of(bench.memory_config()), 1, rows, prompt_len,
+                             new_tokens, micro_batch, compute_bytes=4)
+    plan = {**plan(), "update, kept": plan(keep_gathered=True)["update"]}
+    for phase in ("rollout", "teacher", "update", "update, kept"):
         assert abs(got[phase] - plan[phase]) <= 0.25 * got[phase], (phase, got[phase] / 2 ** 20, plan[phase] / 2 ** 20)
 
 

@@ -28,7 +28,7 @@ import hf
 import parallel
 import rundir
 import toy
-from cli import UserError, entry_point
+from cli import UserError, entry_point, gen_batch_arg, json_object
 from logprobs import in_chunks, response_hidden, response_logprobs, token_scores, unflatten
 from memory import gen_batch_size
 from parallel import all_reduce_sum, gathered
@@ -44,24 +44,6 @@ PAPER = dict(lr=1e-6, prompts_per_step=256, max_prompt_len=4096, max_new_tokens=
 TOY = dict(lr=2e-4, prompts_per_step=64, max_prompt_len=256, max_new_tokens=16, micro_batch=256,
            gen_batch="auto", eval_size=256, gradient_checkpointing=False, save_every=0, steps=300, warmup_steps=600)
 TINY_VL = dict(TOY, lr=5e-4, prompts_per_step=32, eval_size=128, steps=150, warmup_steps=200)  # --model tiny-vl
-
-
-def gen_batch_arg(v):
-    if v == "auto":
-        return v
-    if not v.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {v!r}")
-    return int(v)
-
-
-def json_object(v):
-    try:
-        obj = json.loads(v)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg})")
-    if not isinstance(obj, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return obj
 
 
 def parse_args(argv=None):
@@ -97,8 +79,14 @@ def parse_args(argv=None):
     a("--clip_high", type=float, default=0.28)
     a("--micro_batch", type=int, default=None, help="rows per forward/backward")
     a("--gen_batch", type=gen_batch_arg, default=None,
-      help="rows per generate call: N, 0 = all, or auto = what fits in free GPU memory (GPU default)")
+      help="rows per generate call, whole groups: N, 0 = all, or auto = what fits in free GPU memory (GPU default)")
+    a("--gen_mem_gb", type=float, default=None, help="--gen_batch auto: GB the rollout may fill per process "
+                                                     "(default: the GPU's free memory; on CPU without it: all rows)")
+    a("--dtype", choices=["bf16", "fp32"], default=None,
+      help="compute dtype of the policy (fp32 master weights) and the teacher (default: bf16 on GPU, fp32 on CPU)")
     a("--gradient_checkpointing", type=int, default=None, help="1/0 (paper preset 1)")
+    a("--keep_gathered", action="store_true", help="update: weights stay gathered and gradients unsharded over the "
+      "micro-batches (one all-gather and reduce-scatter per step, not per micro-batch; memory: bench.py --plan)")
     a("--eval_every", type=int, default=50, help="held-out accuracy every N steps (0 = start/end only)")
     a("--eval_size", type=int, default=None)
     a("--save_every", type=int, default=None,
@@ -136,6 +124,7 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.task = args.task or ("color" if args.model == "tiny-vl" else "largest")
+    args.dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
     return args
 
 
@@ -155,7 +144,7 @@ def check_args(args, world):
         "eval_every": (0, None, True), "eval_size": (0, None, True), "save_every": (0, None, True),
         "save_every_min": (0, None, True), "keep_last": (0, None, True), "dump_credit": (0, None, True),
         "max_bad_steps": (1, None, True), "warmup_steps": (0, None, True), "timeout_min": (0, None, False),
-        "max_pixels": (1, None, True)}
+        "max_pixels": (1, None, True), "gen_mem_gb": (0, None, False)}
     for k, (lo, hi, closed) in ranges.items():
         v, (lo_ok, hi_ok) = getattr(args, k), closed if isinstance(closed, tuple) else (closed, closed)
         if v is not None and ((v < lo if lo_ok else v <= lo) or (hi is not None and (v > hi if hi_ok else v >= hi))):
@@ -169,27 +158,28 @@ def check_args(args, world):
 
 # ----------------------------------------------------------------------------- the phases of a step
 
-def rollout(model, proc, refs, images, *, max_new_tokens, temperature, top_p, gen_batch, eos, generator=None,
-            poll=None):
-    """Step 1: one response per entry of refs (a row repeated G times: a group stays consecutive);
-    images[i] holds the image inputs of refs[i]. Call with the parameters gathered; poll() runs between
-    decode chunks. Returns a dict:
-    resp [N, T], resp_mask [N, T], logp (the sampler's token log-probs) [N, T], texts, gen_batch."""
+def rollout(model, proc, rows, images, G, *, max_new_tokens, temperature, top_p, gen_batch, eos, generator=None,
+            poll=None, gen_mem=None):
+    """Step 1: G responses to each of the rows (row i's G consecutive: a group stays together); images[i]
+    holds the image inputs of rows[i]. Each prompt is prefilled once for its G responses. Call with the
+    parameters gathered; poll() runs between decode chunks. Returns a dict:
+    resp [N, T], resp_mask [N, T], logp (the sampler's token log-probs) [N, T], texts, gen_batch (N = G x rows)."""
     tok = hf.tokenizer_of(proc)
     pad, device = tok.pad_token_id, next(model.parameters()).device
-    prompts = [r["student_ids"] for r in refs]
-    step = gen_batch_size(model, prompts, gen_batch, max_new_tokens, device)
-    outs = []
+    prompts = [r["student_ids"] for r in rows]
+    rows_per_call = gen_batch_size(model.config, len(prompts) * G, max(map(len, prompts)), gen_batch, max_new_tokens,
+                                   device, gen_mem, next(model.parameters()).element_size(), G)  # (compute dtype)
+    step, outs = max(1, rows_per_call // G), []  # prompts per generate call
     for i in range(0, len(prompts), step):
         ids, mask = left_pad(prompts[i:i + step], pad)
         outs.append(generate(model, ids.to(device), mask.to(device), max_new_tokens, eos, pad, temperature, top_p,
-                             generator, poll=poll, **hf.cat_images(images[i:i + step])))
+                             generator, n=G, poll=poll, **hf.cat_images(images[i:i + step])))
     T = max(o[0].shape[1] for o in outs)
     resp, resp_mask, logp = (torch.cat([torch.nn.functional.pad(o[k], (0, T - o[k].shape[1]), value=0 if k else pad)
                                         for o in outs]) for k in range(3))  # [N, T] each
     texts = tok.batch_decode([r[m.bool()] for r, m in zip(resp, resp_mask)], skip_special_tokens=True)
     ended = (torch.isin(resp, torch.tensor(sorted(eos), device=device)) & resp_mask.bool()).any(1)  # [N]
-    return dict(resp=resp, resp_mask=resp_mask, logp=logp, texts=texts, ended=ended, gen_batch=step)
+    return dict(resp=resp, resp_mask=resp_mask, logp=logp, texts=texts, ended=ended, gen_batch=step * G)
 
 
 def rewards_of(roll, refs):
@@ -202,22 +192,24 @@ def rewards_of(roll, refs):
 
 
 @torch.no_grad()
-def teacher_logprobs(teacher, ids, mask, resp, resp_mask, images, micro_batch, temperature, poll=lambda: None):
-    """Step 4: logp_T = log pi_teacher(y_t | x, a, y_<t) on the teacher prompt [N, P'] + the student's
-    response [N, T], read at the response columns; micro-batched (poll() before each), parameters
-    gathered once for the pass."""
-    mb, out = micro_batch, []
+def teacher_logprobs(teacher, ids, mask, resp, resp_mask, images, G, micro_batch, temperature, poll=lambda: None):
+    """Step 4: logp_T = log pi_teacher(y_t | x, a, y_<t) of the student's responses resp [N, T], G per
+    teacher prompt (ids/mask [N / G, P'], images[i] of prompt i), read at the response columns. Each
+    teacher prompt runs once and its G responses are scored on top of its keys and values; micro-batches
+    of max(1, micro_batch // G) groups (poll() before each), parameters gathered once for the pass."""
+    k, out = max(1, micro_batch // G), []
     with gathered(teacher):
-        for i in range(0, resp.shape[0], mb):
+        for i in range(0, ids.shape[0], k):
             poll()
-            out.append(response_logprobs(teacher, ids[i:i + mb], mask[i:i + mb], resp[i:i + mb], resp_mask[i:i + mb],
-                                         temperature, **hf.cat_images(images[i:i + mb])))
+            rows = slice(i * G, (i + k) * G)
+            out.append(response_logprobs(teacher, ids[i:i + k], mask[i:i + k], resp[rows], resp_mask[rows],
+                                         temperature, n=G, **hf.cat_images(images[i:i + k])))
     return torch.cat(out)
 
 
 def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0.2, clip_high=0.28, grad_clip=1.0,
                temperature=1.0, micro_batch=4, jsd_beta=0.5, distill_coef=1.0, world=1, teacher=None,
-               poll=lambda: None):
+               keep_gathered=False, poll=lambda: None):
     """Steps 5-9 on this rank's share of the step's batch, then one optimizer step.
 
     batch: prompt_ids/prompt_mask [N, P], resp/resp_mask [N, T], adv [N], logp_teacher [N, T] (None
@@ -236,9 +228,14 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0
     opt.zero_grad(set_to_none=True)
     # sums over tokens (n: all, nw: of responses with A != 0, whose weights can differ from 1)
     sums = dict.fromkeys(["loss", "clip", "entropy", "delta", "w", "low", "high", "jsd", "n", "nw"], 0.0)
-    with gathered(teacher) if distill else contextlib.nullcontext():
+    with gathered(teacher) if distill else contextlib.nullcontext(), \
+            gathered(model) if keep_gathered else contextlib.nullcontext():
         for i in range(0, batch["resp"].shape[0], micro_batch):
             poll()
+            if keep_gathered:  # gradients summed unsharded, reduced and the weights resharded after the last only
+                last = i + micro_batch >= batch["resp"].shape[0]
+                model.set_requires_gradient_sync(last)
+                model.set_reshard_after_backward(last)
             mb = {k: v[i:i + micro_batch] if v is not None else None for k, v in batch.items()}
             mask, images = mb["resp_mask"], hf.cat_images(mb["images"] or [])
             hidden = response_hidden(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask, **images)
@@ -305,7 +302,7 @@ def evaluate(model, proc, rows, rank, world, device, **sampling):
     model.eval()
     with rundir.stoppable(device), gathered(model):  # collective: every rank enters, even one with no rows
         if mine:
-            roll = rollout(model, proc, mine, row_images(proc, mine, device), temperature=0.0, poll=rundir.poll,
+            roll = rollout(model, proc, mine, row_images(proc, mine, device), 1, temperature=0.0, poll=rundir.poll,
                            **sampling)
             correct = rewards_of(roll, mine).sum().item()
     c, n = all_reduce_sum([correct, len(mine)], device)
@@ -359,14 +356,14 @@ def prompt_rows(args, proc, config, train_rows, eval_rows):
 
 
 def build_models(args, config, full_state, device, world):
-    """The policy (fp32 master weights, bf16 compute on GPU) and the teacher, a copy of it (rlsd:
-    refreshed every --teacher_sync steps; opsd: frozen; grpo: none; bf16 on GPU), both sharded."""
-    cuda, vision = device.type == "cuda", hf.is_vision_model(config)
+    """The policy (fp32 master weights, --dtype compute) and the teacher, a copy of it in --dtype (rlsd:
+    refreshed every --teacher_sync steps; opsd: frozen; grpo: none), both sharded."""
+    bf16, vision = args.dtype == "bf16", hf.is_vision_model(config)
     make = lambda: hf.model_class(config).from_config(config, trust_remote_code=args.trust_remote_code)
-    model = parallel.build_sharded(make, full_state, device, torch.float32, cuda, bool(args.gradient_checkpointing))
+    model = parallel.build_sharded(make, full_state, device, torch.float32, bf16, bool(args.gradient_checkpointing))
     teacher = None
     if args.algo != "grpo":
-        teacher = parallel.build_sharded(make, full_state, device, torch.bfloat16 if cuda else torch.float32, False)
+        teacher = parallel.build_sharded(make, full_state, device, torch.bfloat16 if bf16 else torch.float32, False)
         teacher.eval().requires_grad_(False)
     if vision and args.freeze_vision:
         model.model.visual.requires_grad_(False)
@@ -414,10 +411,11 @@ def main(argv=None):
     arch = config.architectures[0] if config.architectures else type(model).__name__
     run = rundir.Run(args, run_id, model, teacher, opt, gen, proc, arch, save_dtype, rank, world)  # or resumed
     eos = hf.eos_token_ids(model, proc)
-    sampling = dict(max_new_tokens=args.max_new_tokens, top_p=args.top_p, gen_batch=args.gen_batch, eos=eos)
+    sampling = dict(max_new_tokens=args.max_new_tokens, top_p=args.top_p, gen_batch=args.gen_batch, eos=eos,
+                    gen_mem=args.gen_mem_gb)
     update = dict(algo=args.algo, eps_w=args.eps_w, clip_low=args.clip_low, clip_high=args.clip_high,
                   grad_clip=args.grad_clip, temperature=args.temperature, micro_batch=args.micro_batch,
-                  jsd_beta=args.jsd_beta, distill_coef=args.distill_coef, world=world)
+                  jsd_beta=args.jsd_beta, distill_coef=args.distill_coef, world=world, keep_gathered=args.keep_gathered)
     order, bad, G, per_rank = run.order, run.bad, args.group_size, args.prompts_per_step // world
     tok, rec, step, acc0 = hf.tokenizer_of(proc), {}, run.start - 1, None
     agree = partial(rundir.agree, device)  # a safe point to abandon the step (collective)
@@ -436,12 +434,13 @@ def main(argv=None):
             idx, order = data.take_prompts(order, len(train_rows), args.prompts_per_step, args.seed, step)
             rows = [train_rows[i] for i in idx[rank * per_rank:(rank + 1) * per_rank]]  # this rank's share
             refs = [r for r in rows for _ in range(G)]  # [N]: each prompt G times, a group consecutive
-            images = [per_row for per_row in row_images(proc, rows, device) for _ in range(G)]
+            row_imgs = row_images(proc, rows, device)  # image inputs of each prompt
+            images = [per_row for per_row in row_imgs for _ in range(G)]  # ... of each response
 
             # ---- 1. group sampling (parameters stay gathered for the whole rollout)
             model.eval()
             with rundir.stoppable(device), gathered(model):
-                roll = rollout(model, proc, refs, images, temperature=args.temperature, generator=gen,
+                roll = rollout(model, proc, rows, row_imgs, G, temperature=args.temperature, generator=gen,
                                poll=rundir.poll, **sampling)
             resp, resp_mask = roll["resp"], roll["resp_mask"]
             t_rollout = time.time()
@@ -452,8 +451,8 @@ def main(argv=None):
 
             # ---- 4. teacher pass: teacher prompt + the same response tokens (skipped once lam = 0)
             lam = lam_schedule(step - 1, args.lam0, args.lam_decay_steps) if args.algo == "rlsd" else 0.0
-            t_ids, t_mask = (t.to(device) for t in left_pad([r["teacher_ids"] for r in refs], tok.pad_token_id))
-            logp_teacher = (teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, images, args.micro_batch,
+            t_ids, t_mask = (t.to(device) for t in left_pad([r["teacher_ids"] for r in rows], tok.pad_token_id))
+            logp_teacher = (teacher_logprobs(teacher, t_ids, t_mask, resp, resp_mask, row_imgs, G, args.micro_batch,
                                              args.temperature, agree) if lam > 0 else None)  # [N, T]
             if args.dump_credit and logp_teacher is not None and rank == 0:
                 rundir.write_credit(os.path.join(args.out, "credit.jsonl"), step, tok, refs, resp, resp_mask, rewards,
@@ -463,7 +462,8 @@ def main(argv=None):
             # ---- 5-9. token advantages and the policy update; then the teacher refresh
             s_ids, s_mask = (t.to(device) for t in left_pad([r["student_ids"] for r in refs], tok.pad_token_id))
             batch = dict(prompt_ids=s_ids, prompt_mask=s_mask, resp=resp, resp_mask=resp_mask, adv=adv,
-                         logp_teacher=logp_teacher, images=images, teacher_ids=t_ids, teacher_mask=t_mask)
+                         logp_teacher=logp_teacher, images=images, teacher_ids=t_ids.repeat_interleave(G, 0),
+                         teacher_mask=t_mask.repeat_interleave(G, 0))
             stats = train_step(model, opt, batch, lam=lam, teacher=teacher, poll=agree, **update)
             if args.algo == "rlsd" and args.teacher_sync and step % args.teacher_sync == 0:
                 sync_teacher(teacher, model)
