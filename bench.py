@@ -7,7 +7,8 @@
 
 1. rollout: tokens/s of sample.generate vs model.generate, same random model and prompts, greedy, forced lengths
    and spread lengths, and whether their outputs are equal; on a GPU also decode bandwidth as a share of the peak;
-   then G samples per prompt with each prompt prefilled once vs every row prefilled, and prefill tokens computed.
+   then G samples per prompt with each prompt prefilled once vs every row prefilled, and prefill tokens computed;
+   then finished rows' slots refilled with waiting prompts vs dropped: useful tokens/s and rows alive per step.
 2. step: seconds per step in rollout / teacher / update, rlsd (lam > 0) vs grpo, on the built-in model (also with
    a teacher prompt 3x the student's), and the teacher pass's tokens; on a GPU the update's MFU.
 3. memory: peak memory per process of each phase, 1 vs 2 processes, next to the plan of 4.
@@ -88,7 +89,8 @@ def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
           " then an EOS at spread lengths (finished rows: dropped by sample.py, kept by model.generate)")
     for n, spread in [(n, False) for n in lengths] + [(lengths[-1], True)]:
         eos = {EOS} if spread else set()
-        hook = spread and model.register_forward_hook(partial(eos_at_spread_lengths, budget=n), with_kwargs=True)
+        hook = spread and model.register_forward_hook(partial(eos_uniform, budget=n, prompt_len=ids.shape[1]),
+                                                      with_kwargs=True)
         ours = lambda: sample.generate(model, ids, mask, n, eos_ids=eos, pad_id=0, temperature=0)[0]
         hf = lambda: model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                     min_new_tokens=0 if spread else n, eos_token_id=EOS if spread else None,
@@ -104,22 +106,17 @@ def bench_rollout(device, rows=64, lengths=(32, 512), reps=2):
         if device.type == "cuda":
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             kv = kv_bytes_per_token(shape_of(model.config), 2) * rows * (ids.shape[1] + n / 2)
-            bw = (weights + kv) * n / best["sample.py"]
-            print(f"   decode bandwidth {bw / 1e9:.0f} GB/s = {bw / peak_bandwidth(device):.0%} of the device's peak")
+            bw, peaks = (weights + kv) * n / best["sample.py"], {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
+            peak = next((b for k, b in peaks.items() if k in torch.cuda.get_device_name(device)), peaks["H100"])
+            print(f"   decode bandwidth {bw / 1e9:.0f} GB/s = {bw / peak:.0%} of the device's peak (bytes/s)")
     bench_sharing(device, "4-layer Qwen3", model, 64, 8, 128, 64)
+    bench_refill(device, model)
     torch.manual_seed(0)
-    bench_sharing(device, "SmolLM2-135M shape", smollm2_shape().to(model.dtype).to(device).eval(), 8, 8, 64, 32, reps=1)
+    smol = toy.smollm2_shape().to(model.dtype).to(device).eval()
+    bench_sharing(device, "SmolLM2-135M shape", smol, 8, 8, 64, 32, reps=1)
 
 
-EOS = 1  # the spread-lengths row's EOS token
-
-
-def eos_at_spread_lengths(model, args, kwargs, out, budget):
-    """Forward hook: a row whose input so far holds m tokens and ends in token x gets EOS next when
-    (31 x + m) % budget == 0, a function of its content alone, so sample.py and model.generate end a
-    greedy row at the same length: a chance of about 1 in `budget` per token, lengths spread over the budget."""
-    x, m = kwargs["input_ids"][:, -1], kwargs["attention_mask"].sum(-1)
-    out.logits[(31 * x + m) % budget == 0, -1, EOS] = 1e4
+EOS = 1  # the EOS token of the rows with spread lengths
 
 
 @torch.no_grad()
@@ -142,6 +139,42 @@ def bench_sharing(device, name, model, prompts, G, prompt_len, new_tokens, reps=
           f"{all(torch.equal(outs['shared'], o) for o in outs.values())}")
 
 
+def eos_uniform(model, args, kwargs, out, budget, prompt_len):
+    """Forward hook: a row whose input so far holds t tokens more than the longest prompt (prompt_len) and
+    ends in token x gets EOS next when (31 x + t) % (budget - t) == 0 once t >= budget / 10: a chance of
+    1 / (budget - t), so lengths spread about uniformly over 10-100 % of the budget, from each row's content
+    alone: sample.py (any batch layout) and model.generate end a greedy row at the same token."""
+    x, t = kwargs["input_ids"][:, -1], kwargs["attention_mask"].sum(-1) - prompt_len
+    out.logits[((31 * x + t) % (budget - t).clamp(min=1) == 0) & (t >= budget // 10), -1, EOS] = 1e4
+
+
+@torch.no_grad()
+def bench_refill(device, model, prompts=16, G=8, prompt_len=64, budget=128, batch=32):
+    """At most `batch` rows at once: one generate call whose finished rows' slots take waiting prompts vs the
+    previous rollout's batch // G prompts per call, finished rows dropped; lengths over 10-100 % of the budget."""
+    ids = torch.randint(2, model.config.vocab_size, (prompts, prompt_len), generator=torch.Generator().manual_seed(0))
+    ids, alive = ids.to(device), []  # rows of each decode forward
+    hooks = [model.register_forward_hook(partial(eos_uniform, budget=budget, prompt_len=prompt_len), with_kwargs=True),
+             model.register_forward_pre_hook(lambda m, a, k: None if k["input_ids"].shape[1] > 1 else alive.append(
+                 len(k["input_ids"])), with_kwargs=True)]
+
+    def run(refill, temperature):
+        alive.clear()
+        torch.manual_seed(0)
+        outs = [sample.generate(model, x, torch.ones_like(x), budget, {EOS}, 0, temperature, n=G, batch=batch)[0]
+                for x in ([ids] if refill else ids.split(batch // G))]
+        return torch.cat([torch.nn.functional.pad(o, (0, budget - o.shape[1])) for o in outs]), list(alive)
+    best, outs = best_of({"drop only": lambda: run(False, 1.0), "refill": lambda: run(True, 1.0)}, 2, device)
+    tps = {k: sample.response_mask(o, {EOS}).sum().item() / best[k] for k, (o, _) in outs.items()}
+    rows = "".join(f"   {k} {tps[k]:6.0f} useful tok/s, {len(a)} decode steps, {sum(a) / len(a):4.1f} rows alive "
+                   "per step" for k, (_, a) in outs.items())
+    print(f"   {prompts} prompts x G {G}, {prompt_len}-token prompts, lengths over 10-100 % of {budget}, <= {batch} "
+          f"rows at once, sampled:{rows}   refill / drop only {tps['refill'] / tps['drop only']:.2f}x   "
+          f"greedy outputs equal: {torch.equal(run(False, 0.0)[0], run(True, 0.0)[0])}")
+    for h in hooks:
+        h.remove()
+
+
 def best_of(runs, reps, device):
     """{name: best seconds}, {name: output} of the functions in `runs`, interleaved (other load hits all alike)."""
     best, outs = {}, {}
@@ -153,25 +186,11 @@ def best_of(runs, reps, device):
     return best, outs
 
 
-def smollm2_shape():
-    """A random model of SmolLM2-135M's shape (Llama: 30 layers, 576 wide, 9 heads, 3 KV heads, 49152 tokens)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    return LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                        num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
-                                        max_position_embeddings=2048, eos_token_id=None, pad_token_id=0))
-
-
 def clock(device):
     """time.perf_counter() once the device has done its queued work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
-
-
-def peak_bandwidth(device):
-    """Peak memory bandwidth of the GPU in bytes/s (H100 SXM 3.35 TB/s, H200 4.8 TB/s, A100 2.0 TB/s)."""
-    peaks = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}
-    return next((b for k, b in peaks.items() if k in torch.cuda.get_device_name(device)), peaks["H100"])
 
 
 # ----------------------------------------------------------------------------- 2. the training step
@@ -308,7 +327,7 @@ def bench_memory(rows=8, prompt_len=256, new_tokens=256, micro_batch=4):
 def _update_worker(rank, world, port, out, prompts, G, prompt_len, new_tokens, micro_batch, profile, reps=2):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    model, opt, teacher = policy_and_teacher(smollm2_shape, torch.device("cpu"), rank)
+    model, opt, teacher = policy_and_teacher(toy.smollm2_shape, torch.device("cpu"), rank)
     g, N = torch.Generator().manual_seed(rank), prompts * G
     s_ids = torch.randint(2, 49152, (prompts, prompt_len), generator=g)  # [prompts, P], the teacher's [prompts, 3P]
     t_ids, resp = torch.cat([s_ids] * 3, 1), torch.randint(2, 49152, (N, new_tokens), generator=g)  # resp [N, T]

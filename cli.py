@@ -1,10 +1,8 @@
-"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL reader,
-the argument types of flags that are not plain numbers.
+"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL reader, the
+argument types of flags that are not plain numbers. No torch here: verify.py and plot.py use it too.
 
-Library code raises `UserError` with a one-line message (naming the file and line, or the flag);
-only an entry point, wrapped in `@entry_point`, turns it into `error: ...` on stderr and exit code 2.
-No torch here: verify.py and plot.py use it too.
-"""
+Library code raises `UserError` with a one-line message (naming the file and line, or the flag); only an entry
+point, wrapped in `@entry_point`, turns it into `error: ...` on stderr and exit code 2."""
 import argparse
 import functools
 import json
@@ -18,11 +16,10 @@ class UserError(Exception):
 
 
 def fail(msg):
-    """`error: msg` on stderr (rank 0 only, under torchrun), exit code 2. Under torchrun the same line
-    goes to its error file, so that torchrun's failure summary shows it instead of a traceback."""
+    """`error: msg` on stderr (rank 0 only, under torchrun) and in torchrun's error file, exit code 2."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"error: {msg}", file=sys.stderr)
-    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # so that torchrun's failure summary shows it instead of a traceback
         with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
             json.dump({"message": {"message": f"error: {msg}", "extraInfo": {"py_callstack": f"error: {msg}",
                                                                              "timestamp": str(int(time.time()))}}}, f)
@@ -30,11 +27,9 @@ def fail(msg):
 
 
 def gen_batch_arg(v):
-    if v == "auto":
-        return v
-    if not v.isdigit():
+    if v != "auto" and not v.isdigit():
         raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {v!r}")
-    return int(v)
+    return v if v == "auto" else int(v)
 
 
 def json_object(v):
@@ -59,9 +54,8 @@ def entry_point(main):
 
 
 def read_jsonl(path):
-    """Yield (line number, object) for each line of a JSONL file: UTF-8 (a byte-order mark is fine),
-    blank lines skipped, every line a JSON object. Raises UserError naming the file and line, when the
-    reader reaches it (the caller's own checks of earlier rows come first)."""
+    """Yield (line number, object) for each non-blank line of a JSONL file: UTF-8 (a BOM is fine), every line a JSON
+    object, else UserError naming the file and line when reached (the caller's checks of earlier rows come first)."""
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")

@@ -1,5 +1,4 @@
-"""Training data: JSONL rows and their images, checked before any model is loaded; the held-out split;
-the student and teacher prompts as token ids.
+"""Training data: JSONL rows and images, checked before any model loads; the held-out split; the prompts as token ids.
 
 A row: question (`question` | `problem` | `prompt`), answer (`answer` | `solution`, whose \\boxed{} or
 <answer> is the reference), optional images (`images` | `image`: paths relative to the file; `<image>`
@@ -14,8 +13,8 @@ from verify import extract_answer
 
 
 def load_jsonl(path, allow_abs_paths=False):
-    """[{question, answer, images, image_sizes, options, where}] from a JSONL file. Every error names the
-    file and line (UserError) and is found here; each image is opened to check it."""
+    """[{question, answer, images, image_sizes, options, where}] from a JSONL file; UserError naming file and line."""
+    # every error is found here, before any model is loaded: each image is opened to check it
     root, rows = os.path.dirname(os.path.abspath(path)), []
     for n, row in read_jsonl(path):
         where = f"{path}:{n}"
@@ -72,9 +71,8 @@ def load_split(path, eval_path, eval_size, seed, allow_abs_paths=False):
 
 
 def take_prompts(order, n_rows, n, seed, step):
-    """The step's n row indices and the data order left after them. When fewer than n remain, a fresh
-    permutation of all n_rows rows (seeded with seed + step: the same on every rank) is appended."""
-    if len(order) < n:
+    """The step's n row indices and the data order left after them (extended as needed)."""
+    if len(order) < n:  # a fresh permutation of all n_rows rows, seeded with seed + step: the same on every rank
         perm = list(range(n_rows))
         random.Random(seed + step).shuffle(perm)
         order = order + perm

@@ -1,10 +1,8 @@
 """Hugging Face glue: model classes, processors, chat template, image inputs, positions.
 
-Text models load with AutoModelForCausalLM and AutoTokenizer; a model whose config has a vision config
-(Qwen3-VL, Qwen2.5-VL) with AutoModelForImageTextToText and its processor (tokenizer + image processor
-+ chat template). Positions: cumsum of the attention mask for text (left padding), the model's own
-3-D M-RoPE positions (get_rope_index) for a Qwen-VL model.
-"""
+Text models load with AutoModelForCausalLM and AutoTokenizer; a model with a vision config (Qwen3-VL, Qwen2.5-VL)
+with AutoModelForImageTextToText and its processor (tokenizer + image processor + chat template). Positions: cumsum of
+the attention mask for text (left padding), a Qwen-VL model's own 3-D M-RoPE positions (get_rope_index)."""
 import json
 import os
 
@@ -28,8 +26,7 @@ def tokenizer_of(proc):
 
 
 def check_model(name, flag):
-    """A model dir with a config.json, or a hub id whose config.json the hub serves (one request) or the
-    local cache has (the only place looked at when HF_HUB_OFFLINE is set)."""
+    """A model dir with a config.json, or a hub id whose config.json the hub or the local cache has; else UserError."""
     if name in (None, "tiny-vl") or (os.path.isdir(name) and os.path.isfile(os.path.join(name, "config.json"))):
         return
     if os.path.isdir(name):
@@ -61,9 +58,8 @@ def load_spec(path, trust_remote_code=False):
 
 
 def image_only(cls):
-    """A processor class like `cls` but without its video processor: transformers' processors require
-    every sub-processor they declare, and the Qwen-VL video processors need torchvision, which this
-    project does not use. It keeps the stock name, so the saved files name the stock class."""
+    """A processor class like `cls` without its video processor, under the stock name (which the saved files name)."""
+    # transformers' processors require every sub-processor they declare; Qwen-VL's video processors need torchvision
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
     return type(cls.__name__, (cls,), {"__init__": __init__})
@@ -87,13 +83,12 @@ VIDEO_PROCESSORS = {"Qwen3VLProcessor": ("Qwen3VLVideoProcessor", {"shortest_edg
 
 
 def write_video_config(proc, directory):
-    """video_preprocessor_config.json beside a saved image-only processor, so that where torchvision is
-    installed AutoProcessor.from_pretrained(directory) loads the stock processor (it requires a video
-    processor). Only JSON is written; patching and normalization are the image processor's."""
+    """video_preprocessor_config.json (only JSON) beside a saved image-only processor."""
+    # where torchvision is installed, AutoProcessor.from_pretrained(directory) then loads the stock processor (it
+    # requires a video processor); patching and normalization are the image processor's
     if type(proc).__name__ not in VIDEO_PROCESSORS or not hasattr(proc, "image_processor"):
         return
-    kind, size = VIDEO_PROCESSORS[type(proc).__name__]
-    image = proc.image_processor
+    (kind, size), image = VIDEO_PROCESSORS[type(proc).__name__], proc.image_processor
     config = {"video_processor_type": kind, "processor_class": type(proc).__name__,
               "size": size or {k: image.size[k] for k in ("shortest_edge", "longest_edge")},
               **{k: getattr(image, k) for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean",
@@ -117,12 +112,11 @@ def vision_token_ids(config):
 
 # ----------------------------------------------------------------------------- prompts and images
 def format_prompt(proc, text, n_images=0, **template_kwargs):
-    """One user turn through the chat template (the raw text if there is none). `<image>` in `text`
-    marks where each of the n_images images goes; with no marker the images come first."""
+    """One user turn with n_images images through the chat template (the raw text if there is none)."""
     if not getattr(proc, "chat_template", None):
         return text
     content = text
-    if n_images:
+    if n_images:  # `<image>` in `text` marks where each image goes; with no marker the images come first
         parts = text.split("<image>") if "<image>" in text else [""] * n_images + [text]
         content = []
         for i, part in enumerate(parts):  # an image between two parts; no empty text
@@ -143,18 +137,15 @@ def prompt_ids(proc, text, image_sizes=()):
     return tokenizer_of(proc)(text, add_special_tokens=False)["input_ids"]
 
 
-def open_image(item):
-    """A PIL image, RGB, from a path or an image."""
+def open_image(item):  # a PIL image, RGB, from a path or an image
     from PIL import Image
     return (Image.open(item) if isinstance(item, str) else item).convert("RGB")
 
 
 def image_inputs(proc, images, device):
     """pixel_values and image_grid_thw of a batch's images in prompt order ({} when there are none)."""
-    if not images:
-        return {}
-    out = proc.image_processor(images=images, return_tensors="pt")
-    return {"pixel_values": out["pixel_values"].to(device), "image_grid_thw": out["image_grid_thw"].to(device)}
+    out = proc.image_processor(images=images, return_tensors="pt") if images else None
+    return {k: out[k].to(device) for k in ("pixel_values", "image_grid_thw")} if images else {}
 
 
 def cat_images(items):
@@ -170,21 +161,19 @@ def position_ids(mask):
 
 
 def rope_positions(model, ids, mask, image_grid_thw=None, prompt_len=None):
-    """Position ids of a left-padded batch ids/mask [B, L]: position_ids(mask) for a text model; for a
-    Qwen-VL model its own 3-D M-RoPE positions [3, B, L] (get_rope_index): an image's tokens take
-    (t, row, column) positions and the text after it continues from the largest. Columns from
-    `prompt_len` on hold a response, which is text whatever its ids."""
+    """Position ids of a left-padded batch ids/mask [B, L]: position_ids(mask) for a text model; for a Qwen-VL model its
+    own 3-D M-RoPE positions [3, B, L] (get_rope_index), the response columns (from `prompt_len` on) as text."""
     if not is_vision_model(model.config):
         return position_ids(mask)
     types = (ids == model.config.image_token_id).long()  # 1 image, 0 text (mm_token_type_ids)
-    if prompt_len is not None:
+    if prompt_len is not None:  # a response is text whatever its ids
         types[:, prompt_len:] = 0
+    # an image's tokens take (t, row, column) positions, the text after it continues from the largest
     return model.model.get_rope_index(ids, types, image_grid_thw=image_grid_thw, attention_mask=mask)[0]
 
 
 def decode_positions(last):
-    """Positions of the next token after `last` ([B, L] or [3, B, L] prompt positions): one more than the
-    row's largest, the same on the three M-RoPE axes. Returns [B, 1] or [3, B, 1]."""
+    """Next positions [B, 1] or [3, B, 1] after prompt positions `last` [B, L] or [3, B, L]: the row's largest + 1."""
     B = last.shape[-2]
-    nxt = last.reshape(-1, B, last.shape[-1]).amax(dim=(0, 2)) + 1  # [B]
+    nxt = last.reshape(-1, B, last.shape[-1]).amax(dim=(0, 2)) + 1  # [B], the same on the three M-RoPE axes
     return nxt[:, None] if last.dim() == 2 else nxt.view(1, B, 1).expand(3, B, 1)

@@ -1,4 +1,4 @@
-"""Memory sizing: bytes per GPU of each phase of a step, and the rows per generate call that fit.
+"""Memory sizing: bytes per GPU of each phase of a step, and the rows decoded at once that fit.
 
 A model is described by a few numbers of its config (`shape_of`, or a preset for models this
 project does not download). The plan is checked against measured CPU peaks by bench.py and the tests.
@@ -78,7 +78,7 @@ def memory_plan(s, gpus, gen_batch, prompt_len, resp_len, micro_batch, master_by
 
 
 def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, reserve=0.1):
-    """The most rows per generate call whose rollout phase fits in (1 - reserve) of the GPU."""
+    """The most rows decoded at once whose rollout phase fits in (1 - reserve) of the GPU."""
     lo, hi = 0, 100000
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -89,19 +89,19 @@ def largest_gen_batch(s, gpus, gpu_bytes, prompt_len, resp_len, micro_batch, res
 
 # ----------------------------------------------------------------------------- the generate batch of a run
 def auto_gen_batch(config, prompt_len, max_new_tokens, free_bytes, dtype_bytes=2, reserve=0.1, group=1):
-    """Rows per generate call that fit in free_bytes less a `reserve` share, `group` rows per prompt: a row's
-    KV cache for prompt + budget (+ 1/group while its prompt's cache is copied to its rows), or in the prefill
-    1/group of its prompt's cache and of one layer's activations (~4 hidden + 3 intermediate values per
-    token); plus fp32 logits and probabilities."""
+    """Rows decoded at once that fit in free_bytes less a `reserve` share, `group` rows per prompt: a row's
+    KV cache slot for prompt + budget, plus, while a waiting prompt is prefilled into freed slots (the others
+    decoding on), 1/group of its prompt's own cache and of one layer's activations (~4 hidden + 3 intermediate
+    values per token); plus fp32 logits and probabilities."""
     s = shape_of(config)
     kv = kv_bytes_per_token(s, dtype_bytes)
     act = (4 * s["hidden"] + 3 * s["inter"]) * dtype_bytes
-    per_row = max(kv * (prompt_len + max_new_tokens) * (1 + (group > 1) / group), (kv + act) * prompt_len / group)
+    per_row = kv * (prompt_len + max_new_tokens) + (kv + act) * prompt_len / group
     return max(1, int(free_bytes * (1 - reserve) // (per_row + 3 * 4 * s["vocab"])))
 
 
 def gen_batch_size(config, rows, prompt_len, gen_batch, max_new_tokens, device, free_gb=None, dtype_bytes=2, group=1):
-    """Rows per generate call: gen_batch (0 = all), or with "auto" what fits in free_gb GB (default: the GPU's
+    """Rows decoded at once: gen_batch (0 = all), or with "auto" what fits in free_gb GB (default: the GPU's
     free memory; on CPU without free_gb, all rows) for prompts of prompt_len tokens + the response budget."""
     if gen_batch != "auto":
         return gen_batch or rows

@@ -1,9 +1,8 @@
 """Process group and FSDP2: what makes one training loop run on 1 CPU process or many GPUs.
 
-build_sharded builds a model on the meta device, shards every transformer block and the root with fully_shard,
-and fills it from rank 0's weights by broadcast (host memory holds one full copy); gathered() keeps parameters
-gathered for a rollout or a no-grad pass, so that no collective runs inside the decode loop.
-"""
+build_sharded builds a model on the meta device, shards every transformer block and the root with fully_shard, and fills
+it from rank 0's weights by broadcast (host memory holds one full copy); gathered() keeps parameters gathered for a
+rollout or a no-grad pass, so that no collective runs inside the decode loop."""
 import contextlib
 import datetime
 import os
@@ -18,9 +17,8 @@ from torch.utils._pytree import tree_leaves
 
 
 def setup_distributed(timeout_min=60):
-    """Process group from torchrun's env (or a 1-process group for plain `python train.py`). The timeout
-    bounds how long a rank waits at a collective, e.g. for a slower rank's rollout."""
-    if "RANK" not in os.environ:
+    """Process group from torchrun's env; the timeout bounds a rank's wait at a collective (a slower rank's rollout)."""
+    if "RANK" not in os.environ:  # plain `python train.py`: a 1-process group
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -34,8 +32,8 @@ def setup_distributed(timeout_min=60):
 
 @contextlib.contextmanager
 def params_on_meta():
-    """Build modules with their parameters on the meta device (no memory) and their buffers for real,
-    so that buffers computed at construction (rotary inv_freq, not in any checkpoint) stay right."""
+    """Build modules with their parameters on the meta device (no memory) and their buffers for real."""
+    # real buffers: those computed at construction (rotary inv_freq, not in any checkpoint) stay right
     register = torch.nn.Module.register_parameter
 
     def on_meta(module, name, param):
@@ -51,8 +49,7 @@ def params_on_meta():
 
 
 def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_ckpt=False):
-    """The model every rank trains: built on the meta device, sharded, then filled one tensor at a time by broadcast
-    from rank 0's full state dict (`full_state`, {} on other ranks): host memory holds one copy, not one per rank."""
+    """The model every rank trains: built on meta, sharded, filled from `full_state` (rank 0's; {} on other ranks)."""
     with params_on_meta():
         model = make_model().to(dtype)
     buffers = dict(model.named_buffers())  # real tensors, computed at construction
@@ -62,24 +59,23 @@ def build_sharded(make_model, full_state, device, dtype, mixed_precision, grad_c
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     kw = {"mesh": init_device_mesh(device.type, (dist.get_world_size(),)), **({"mp_policy": mp} if mp else {})}
     block_names = set(getattr(model, "_no_split_modules", None) or [])
-    for m in list(model.modules()):
-        if type(m).__name__ in block_names:
-            fully_shard(m, **kw)
-    fully_shard(model, **kw)
+    for m in [m for m in model.modules() if type(m).__name__ in block_names] + [model]:
+        fully_shard(m, **kw)
     model.to_empty(device=device)
     with torch.no_grad():
         for name, b in buffers.items():
             model.get_buffer(name).copy_(b)
+    # one tensor at a time by broadcast from rank 0: host memory holds one copy, not one per rank
     set_model_state_dict(model, dict(full_state),  # (it edits the dict it is given)
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model
 
 
 def keep_vision_in_step(model):
-    """FSDP all-gathers each vision block as it runs: a rank whose micro-batch has no image would skip
-    those collectives and leave the others waiting. So in training mode a forward without images runs
-    the vision tower on a blank 2x2-patch image, adding 0 x its output to the result: every rank runs
-    the tower once per forward. (Rollout and teacher pass keep all weights gathered: no collectives.)"""
+    """In training mode a forward without images also runs the vision tower on a blank image, adding 0 x its output."""
+    # FSDP all-gathers each vision block as it runs: a rank whose micro-batch has no image would skip those collectives
+    # and leave the others waiting. So every rank runs the tower once per forward, on a 2x2-patch image if need be.
+    # (Rollout and teacher pass keep all weights gathered: no collectives.)
     inner, vc = model.model, model.config.vision_config
     size, merge = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2, vc.spatial_merge_size
 
@@ -102,8 +98,8 @@ def keep_vision_in_step(model):
 
 @contextlib.contextmanager
 def gathered(model):
-    """Keep every FSDP parameter gathered (rollout, no_grad passes): the decode loop then runs no
-    collective, so ranks may stop decoding at different steps. Resharded on exit."""
+    """Keep every FSDP parameter gathered (rollout, no_grad passes); resharded on exit."""
+    # the decode loop then runs no collective, so ranks may stop decoding at different steps
     mods = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in mods:
         m.set_reshard_after_forward(False, recurse=False)
@@ -117,8 +113,8 @@ def gathered(model):
 
 
 def reshard(model):
-    """Free gathered parameters. FSDP keeps the root's parameters gathered after a forward (it
-    expects a backward); a no-grad-only module like the teacher must be resharded by hand."""
+    """Free gathered parameters: a no-grad-only module like the teacher must be resharded by hand."""
+    # FSDP keeps the root's parameters gathered after a forward (it expects a backward)
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()

@@ -51,10 +51,9 @@ def drawable(text, fnt):
 def read_metrics(run_dir):
     """Records of <run_dir>/metrics.jsonl (or of run_dir itself, a file) in file order; UserError if missing or bad."""
     path = run_dir if os.path.isfile(run_dir) else os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(run_dir):
-        raise UserError(f"{run_dir}: no such run directory")
     if not os.path.isfile(path):
-        raise UserError(f"{run_dir}: no metrics.jsonl in it")
+        why = "no metrics.jsonl in it" if os.path.exists(run_dir) else "no such run directory"
+        raise UserError(f"{run_dir}: {why}")
     return [row for _, row in read_jsonl(path)]
 
 
@@ -87,8 +86,7 @@ def nice_ticks(lo, hi, n=5, integer=False):
     # the smallest round step that gives at most about n ticks; at least 1 on an integer axis
     step = max(next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9)), 1 if integer else 0)
     decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
-    return [k * step for k in range(first, last + 1)], decimals
+    return [k * step for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)], decimals
 
 
 def draw_panel(draw, x0, y0, key, lines):

@@ -92,8 +92,8 @@ class Stopped(Exception):
 
 
 def on_signal(signum, frame):
-    """First signal: abandon the step at its next safe point, save, exit. torchrun relays a signal it
-    gets to its workers, so one within 3 s of the first is the same request; a later one exits at once."""
+    """First signal: abandon the step at its next safe point, save, exit. A later one exits at once."""
+    # torchrun relays a signal it gets to its workers, so one within 3 s of the first is the same request
     if "at" in STOP and time.time() - STOP["at"] > 3:
         print(f"\n{signal.Signals(signum).name} again: exiting now, nothing saved", file=sys.stderr, flush=True)
         os._exit(130)
@@ -192,13 +192,13 @@ def set_rng_states(rng, gen):
 
 # ----------------------------------------------------------------------------- the run, as the loop sees it
 class Run:
-    """--out of one run. After construction: start (the first step to run), order (the data order
-    still to use), bad (non-finite steps in a row) and pending (the metrics line still waiting for its
-    held-out accuracy: step 0's, or one a stop cut short), from the checkpoint when resuming."""
+    """--out of one run. Once built (from the checkpoint on resume): start (first step to run), order (data order still
+    to use), bad (non-finite steps in a row), pending (metrics line awaiting its held-out accuracy)."""
 
     def __init__(self, args, this_id, model, teacher, opt, gen, proc, arch, save_dtype, rank, world):
         self.args, self.id, self.rank, self.world, self.arch = args, this_id, rank, world, arch
         self.model, self.teacher, self.opt, self.gen, self.proc, self.dtype = model, teacher, opt, gen, proc, save_dtype
+        # pending: step 0's metrics line, or one a stop cut short (its evaluation is redone on resume)
         self.start, self.order, self.bad, self.pending, self.began = 1, [], 0, {"step": 0}, None
         self.stopped, self.stopped_at, self.abandoned = False, None, None
         self.device, self.saved_at = next(model.parameters()).device, time.time()
@@ -261,9 +261,8 @@ class Run:
 
     def abandon(self, step, rec, order, bad):
         """After Stopped. The update of `step` done (the stop came in its evaluation; rec is its metrics):
-        checkpoint-step, the evaluation redone on resume. Else the step is abandoned before its optimizer
-        step: checkpoint-(step - 1) with the data order and RNG states of the step's start, so that
-        resuming replays it exactly. A stop before the first step of a new run saves nothing."""
+        checkpoint-step, the evaluation redone on resume. Else the step is abandoned before its optimizer step:
+        checkpoint-(step - 1) with the data order and RNG states of its start, so that resuming replays it exactly."""
         # gradients of the micro-batches already run: with any, get_optimizer_state_dict takes the optimizer state
         # as initialized and, before the first update, saves an empty one that the resume cannot load
         self.opt.zero_grad(set_to_none=True)
@@ -275,7 +274,7 @@ class Run:
             self.save(step - 1, order, bad)
             self.abandoned, step = step, step - 1
         elif not self.args.resume:  # during the start-up of a new run (its step-0 evaluation saves checkpoint-0)
-            step = None
+            step = None  # a stop before the first step of a new run saves nothing
         self.stopped, self.stopped_at = True, step
 
     def finish(self):
@@ -291,12 +290,10 @@ class Run:
             # the signal that stopped the run, whichever rank got it
             what, at = ((STOP["name"], STOP["at"]) if "name" in STOP
                         else dist.distributed_c10d._get_default_store().get("rlsd-stop").decode().split())
-            if self.stopped_at is None:
-                print(f"{what} during start-up: stopped, nothing saved", file=sys.stderr, flush=True)
-            else:
-                done = f"step {self.abandoned} abandoned" if self.abandoned else f"stopped after step {self.stopped_at}"
-                print(f"{what}: {done}; checkpoint-{self.stopped_at} complete {time.time() - float(at):.1f} s after "
-                      f"the signal; resume with: {cmd} --resume --out {out}", file=sys.stderr, flush=True)
+            done = f"step {self.abandoned} abandoned" if self.abandoned else f"stopped after step {self.stopped_at}"
+            print(f"{what} during start-up: stopped, nothing saved" if self.stopped_at is None else
+                  f"{what}: {done}; checkpoint-{self.stopped_at} complete {time.time() - float(at):.1f} s after the "
+                  f"signal; resume with: {cmd} --resume --out {out}", file=sys.stderr, flush=True)
         return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 130  # (torchrun reports non-zero as a failure)
 
 

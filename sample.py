@@ -14,10 +14,9 @@ import argparse
 import json
 import os
 import sys
-from functools import partial
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from cli import UserError, entry_point
 from data import load_jsonl
@@ -62,35 +61,31 @@ def sample_next(logits, temperature=1.0, top_p=1.0, generator=None):
 
 
 class InPlaceLayer(DynamicLayer):
-    """One layer's KV cache, preallocated for max_len tokens and written in place (no torch.cat per
-    token); attention reads only the filled part, keys[:, :, :length]. Rows can be dropped."""
+    """One layer's KV cache over a fixed set of row slots, preallocated for max_len columns and written in
+    place (no torch.cat per token). Each row advances on its own, so a finished row's slot can take a new
+    prompt while the others decode on: the next token's keys go to k_buf[at["where"]], one column of all rows
+    while they were admitted together, else (row b, its own column). Attention reads columns
+    [0, at["width"]); the attention mask hides each row's unused columns."""
 
-    def __init__(self, max_len):
+    def __init__(self, slots, max_len, like, at):  # like: a prefill's keys [k, H, w, D], for shape and dtype
         super().__init__()
-        self.max_len, self.length = max_len, 0
+        self.k_buf, self.v_buf = (like.new_zeros(slots, like.shape[1], max_len, like.shape[-1]) for _ in range(2))
+        self.dtype, self.device, self.is_initialized, self.at = like.dtype, like.device, True, at
 
-    def lazy_initialization(self, key_states, value_states):
-        B, H, _, D = key_states.shape
-        self.k_buf = key_states.new_empty(B, H, self.max_len, D)  # [B, H, max_len, D]
-        self.v_buf = value_states.new_empty(B, H, self.max_len, value_states.shape[-1])
-        self.dtype, self.device, self.is_initialized = key_states.dtype, key_states.device, True
+    def put(self, slots, keys, values):
+        """A prefilled prompt's keys/values [k, H, w, D] into rows `slots` [k], columns [0, w)."""
+        self.k_buf[slots, :, :keys.shape[-2]], self.v_buf[slots, :, :keys.shape[-2]] = keys, values
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n = key_states.shape[-2]
-        self.k_buf[:, :, self.length:self.length + n] = key_states
-        self.v_buf[:, :, self.length:self.length + n] = value_states
-        self.length += n
-        self.keys, self.values = self.k_buf[:, :, :self.length], self.v_buf[:, :, :self.length]
+    def update(self, key_states, value_states, *args, **kwargs):  # one token per row: [B, H, 1, D]
+        self.k_buf[self.at["where"]], self.v_buf[self.at["where"]] = key_states[:, :, 0], value_states[:, :, 0]
+        self.keys, self.values = self.k_buf[:, :, :self.at["width"]], self.v_buf[:, :, :self.at["width"]]
         return self.keys, self.values
 
     def get_seq_length(self):
-        return self.length
+        return self.at["width"] - 1
 
     def batch_select_indices(self, rows):
         self.k_buf, self.v_buf = self.k_buf[rows], self.v_buf[rows]
-        self.keys, self.values = self.k_buf[:, :, :self.length], self.v_buf[:, :, :self.length]
 
 
 def prefill(model, ids, mask, positions, cache, **model_inputs):
@@ -105,59 +100,104 @@ def decode_one_token(model, token, mask, positions, cache):
                  use_cache=True).logits[:, -1]
 
 
+def prefill_prompts(model, ids, mask, n, **model_inputs):
+    """Prefill each prompt of ids/mask [k, P] once, all-pad columns trimmed (width w) into a fresh cache (k rows).
+    Returns, for n rows per prompt (row r answers prompt first[r] = r // n): last-position logits [k * n, V],
+    the cache, the mask [k * n, w], next positions [k * n, 1] (M-RoPE [3, k * n, 1]), first [k * n]."""
+    w = int(mask.sum(1).max())
+    ids, mask, cache = ids[:, -w:], mask[:, -w:], DynamicCache()
+    pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"))  # [k, w] or [3, k, w]
+    logits = prefill(model, ids, mask, pos, cache, **model_inputs)  # [k, V]
+    first = torch.arange(len(ids), device=ids.device).repeat_interleave(n)  # [k * n]
+    return logits[first], cache, mask[first], decode_positions(pos)[..., first, :], first
+
+
+def images_of(config, ids, inputs, idx):
+    """The image inputs of prompts idx (ascending) of a batch ids [B, P] whose images, in prompt order, are
+    `inputs` (pixel_values [patches, ...], image_grid_thw [images, 3]); one vision-start token per image."""
+    if not inputs or len(idx) == len(ids):
+        return inputs
+    owner = torch.arange(len(ids), device=ids.device).repeat_interleave(
+        (ids == config.vision_start_token_id).sum(1))  # [images] -> its prompt
+    mine = torch.isin(owner, idx)  # [images]
+    patches = mine.repeat_interleave(inputs["image_grid_thw"].prod(1))  # [patches]
+    return {"pixel_values": inputs["pixel_values"][patches], "image_grid_thw": inputs["image_grid_thw"][mine]} \
+        if mine.any() else {}
+
+
 # ----------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate(model, ids, mask, max_new_tokens, eos_ids, pad_id, temperature=1.0, top_p=1.0,
-             generator=None, n=1, sync_every=16, poll=None, **model_inputs):
+             generator=None, n=1, batch=None, sync_every=16, poll=None, **model_inputs):
     """Sample n responses to every prompt of the left-padded batch ids/mask [B, P] (and its images).
 
     Returns, for B' = B * n rows (row j answers prompt j // n), response ids [B', T] padded with pad_id after EOS,
     response mask [B', T] with the EOS token kept, token log-probs [B', T] at `temperature` under the sampling policy;
-    T <= max_new_tokens. Each prompt is prefilled once; its KV cache is then copied to its n rows. The cache is
-    preallocated for P + max_new_tokens and written in place. Every `sync_every` tokens (the only host syncs)
-    finished rows leave the working batch, so a long straggler does not keep the whole batch decoding; there
-    `poll()`, if given, may raise to abandon the batch. Runs no collective: under FSDP keep parameters gathered,
-    ranks may stop at different steps."""
-    B, P = ids.shape
-    device = ids.device
+    T <= max_new_tokens. At most `batch` rows (default all; whole groups of n) decode at once, in slots of a KV cache
+    preallocated for P + max_new_tokens and written in place. Each prompt is prefilled once, its cache copied to
+    its n rows' slots. Every `sync_every` tokens (the only host syncs), `poll()`, if given, may raise to abandon
+    the batch, and finished rows give their slots to waiting prompts (continuous batching); once none wait,
+    finished rows leave the batch, so a long straggler does not keep the whole batch decoding. Runs no
+    collective: under FSDP keep parameters gathered, ranks may stop at different steps."""
+    (B, P), device = ids.shape, ids.device
     eos = torch.as_tensor(sorted(eos_ids), device=device)
     banned = vision_token_ids(model.config)  # a VLM must not write image placeholders into its response
     banned = torch.tensor(banned, device=device) if banned else None
-    cache = Cache(layer_class_to_replicate=partial(InPlaceLayer, P + max_new_tokens))
-    att = torch.cat([mask, mask.new_zeros(B, max_new_tokens)], dim=1)  # [B, P + max_new]
-    pos = rope_positions(model, ids, mask, model_inputs.get("image_grid_thw"))  # [B, P] or [3, B, P]
-    logits = prefill(model, ids, mask, pos, cache, **model_inputs)  # [B, V]
-    pos = decode_positions(pos)  # [B, 1] or [3, B, 1]
-    if n > 1:  # prefix sharing: the prompt's logits, mask, positions and cache, copied to each of its n rows
-        first = torch.arange(B, device=device).repeat_interleave(n)  # [B * n]
-        logits, att, pos, B = logits[first], att[first], pos[..., first, :], B * n
-        for layer in cache.layers:
-            layer.batch_select_indices(first)
-    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [B, max_new]
-    out_logp = torch.zeros(B, max_new_tokens, device=device, dtype=torch.promote_types(logits.dtype, torch.float32))
-    rows = torch.arange(B, device=device)  # working row -> output row
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        allowed = logits if banned is None else logits.index_fill(-1, banned, float("-inf"))
-        tok = sample_next(allowed, temperature, top_p, generator)  # [B']
-        lp = token_logprobs(logits[:, None], tok[:, None], temperature or 1.0)[:, 0]  # [B'] under the policy
+    slots = max(n, min(batch or B * n, B * n) // n * n)
+    at, L, cache = {"width": 0}, P + max_new_tokens, None
+    att = mask.new_zeros(slots, L)  # [slots, P + max_new] what each row's attention sees
+    cols = torch.zeros(slots, dtype=torch.long, device=device)  # the column each row writes next
+    t_row, rows, done = torch.zeros_like(cols), torch.zeros_like(cols), torch.ones_like(cols, dtype=torch.bool)
+    out = torch.full((B * n, max_new_tokens + 1), pad_id, dtype=torch.long, device=device)  # (+ a scratch column)
+    out_logp, free, nxt, step, end = None, torch.arange(slots, device=device), 0, 0, 0
+    while True:
+        k = min(len(free) // n, B - nxt)  # ---- admit waiting prompts into free slots: n rows each
+        if k:
+            idx, s = torch.arange(nxt, nxt + k, device=device), free[:k * n]  # prompts [k], their slots [k * n]
+            lg, new, m, p, first = prefill_prompts(model, ids[idx], mask[idx], n,
+                                                   **images_of(model.config, ids, model_inputs, idx))
+            if cache is None:
+                cache = Cache(layers=[InPlaceLayer(slots, L, layer.keys, at) for layer in new.layers])
+                logits, pos = lg.new_zeros(slots, lg.shape[-1]), p.new_zeros(*p.shape[:-2], slots, 1)
+                out_logp = torch.zeros(B * n, max_new_tokens + 1, device=device,
+                                       dtype=torch.promote_types(lg.dtype, torch.float32))
+            for layer, fresh in zip(cache.layers, new.layers):
+                layer.put(s, fresh.keys[first], fresh.values[first])
+            logits[s], pos[..., s, :], att[s], cols[s], t_row[s], done[s] = lg, p, 0, m.shape[1], 0, False
+            att[s, :m.shape[1]], rows[s] = m, nxt * n + torch.arange(k * n, device=device)
+            free, nxt, end, at["width"] = free[k * n:], nxt + k, step + max_new_tokens, max(at["width"], m.shape[1])
+            col = m.shape[1] if nxt == k else None  # all rows write one column until a refill
+        allowed = logits if banned is None else logits.index_fill(-1, banned, float("-inf"))  # ---- sample
+        tok = sample_next(allowed, temperature, top_p, generator)  # [slots]
+        lp = token_logprobs(logits[:, None], tok[:, None], temperature or 1.0)[:, 0]  # [slots] under the policy
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        out[rows, t] = tok
-        out_logp[rows, t] = torch.where(done, torch.zeros_like(lp), lp)
-        done = done | torch.isin(tok, eos)
-        if t == max_new_tokens - 1:
+        out[rows, t_row] = tok
+        out_logp[rows, t_row] = torch.where(done, torch.zeros_like(lp), lp)
+        t_row = (t_row + 1).clamp(max=max_new_tokens)
+        done = done | torch.isin(tok, eos) | (t_row == max_new_tokens)
+        step += 1
+        if step == end and nxt == B:  # every row has reached the budget
             break
-        if poll is not None and (t + 1) % sync_every == 0:
-            poll()
-        if (t + 1) % sync_every == 0 and done.any():  # drop finished rows (one host sync)
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
-                break
-            rows, done, att, tok, pos = rows[keep], done[keep], att[keep], tok[keep], pos[..., keep, :]
-            for layer in cache.layers:
-                layer.batch_select_indices(keep)
-        att[:, P + t] = 1
-        logits = decode_one_token(model, tok, att[:, :P + t + 1], pos + t, cache)
+        if step % sync_every == 0:  # ---- one host sync: refill finished rows' slots, or drop them
+            if poll is not None:
+                poll()
+            if nxt < B:
+                free = done.nonzero().squeeze(1)
+            elif done.any():
+                keep = (~done).nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                att, cols, t_row, rows, done, tok = (x[keep] for x in (att, cols, t_row, rows, done, tok))
+                pos = pos[..., keep, :]
+                for layer in cache.layers:
+                    layer.batch_select_indices(keep)
+        # ---- decode one token per row, written at one column of all rows (admitted together) or at each row's own
+        rc = (slice(None), col) if col is not None else (torch.arange(len(cols), device=device), cols)
+        at["where"], at["width"] = (rc[0], slice(None), rc[1]), min(at["width"] + 1, L)
+        att[rc] = 1
+        logits = decode_one_token(model, tok, att[:, :at["width"]], pos, cache)
+        pos, cols, col = pos + 1, (cols + 1).clamp(max=L - 1), None if col is None else min(col + 1, L - 1)
+    out, out_logp = out[:, :max_new_tokens], out_logp[:, :max_new_tokens]
     resp_mask = response_mask(out, eos_ids)
     T = max(int(resp_mask.sum(1).max()), 1)  # drop columns that are padding in every row
     return out[:, :T], resp_mask[:, :T], out_logp[:, :T]

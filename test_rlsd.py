@@ -395,6 +395,39 @@ def test_greedy_equals_hf_generate_when_rows_finish_at_different_steps(kind, syn
 
 
 @KINDS
+@pytest.mark.parametrize("batch, sync_every", [(3, 1), (6, 2), (7, 16)])
+def test_refill_gives_freed_slots_to_waiting_prompts_and_changes_no_output(kind, batch, sync_every):
+    """generate(batch=...) decodes at most `batch` rows (whole groups of n = 3); as a group's rows finish,
+    the next waiting prompt is prefilled once and its 3 rows take their slots. Greedy outputs equal the
+    all-at-once path's and model.generate's on the repeated prompts (left padding, rows ending at different
+    steps), sampled log-probs equal the training forward, every prompt is prefilled exactly once."""
+    model = tiny_model(kind)
+    prompts = [[3, 4, 5, 6], [7, 8], [9, 10, 11], [12], [13, 14, 15, 16, 17], [18, 19]]
+    ids, mask = sample.left_pad(prompts, pad_id=1)
+    free, _, _ = sample.generate(model, ids, mask, 12, set(), 1, temperature=0, n=3)
+    eos = {int(free[0, 1]), int(free[6, 4]), int(free[12, 2])}
+    whole, wmask, _ = sample.generate(model, ids, mask, 12, eos, 1, temperature=0, n=3, sync_every=sync_every)
+    calls = []  # (rows, is a prefill) of every forward
+    model.register_forward_pre_hook(lambda m, a, k: calls.append((len(k["input_ids"]), "logits_to_keep" in k)),
+                                    with_kwargs=True)
+    resp, rmask, _ = sample.generate(model, ids, mask, 12, eos, 1, temperature=0, n=3, batch=batch,
+                                     sync_every=sync_every)
+    prefills, decodes = [rows for rows, first in calls if first], [rows for rows, first in calls if not first]
+    assert sum(prefills) == len(prompts) and max(decodes) == batch // 3 * 3
+    assert len(prefills) > 1  # waiting prompts came in as slots freed, not all at the start
+    assert torch.equal(resp, whole) and torch.equal(rmask, wmask) and len(set(rmask.sum(1).tolist())) > 2
+    ref = model.generate(input_ids=ids.repeat_interleave(3, 0), attention_mask=mask.repeat_interleave(3, 0),
+                         max_new_tokens=12, do_sample=False, eos_token_id=sorted(eos), pad_token_id=1)
+    assert torch.equal(resp, ref[:, ids.shape[1]:][:, :resp.shape[1]])
+    gen = torch.Generator().manual_seed(0)
+    resp, rmask, lp = sample.generate(model, ids, mask, 12, eos, 1, temperature=0.9, generator=gen, n=3,
+                                      batch=batch, sync_every=sync_every)
+    with torch.no_grad():
+        again = logprobs.response_logprobs(model, ids, mask, resp, rmask, 0.9, n=3)
+    torch.testing.assert_close(again * rmask, lp * rmask)
+
+
+@KINDS
 def test_prefix_sharing_equals_the_per_row_path(kind):
     """generate(n=3) prefills each prompt once and copies its cache to its 3 rows: greedy rows equal
     model.generate on the prompts repeated (left padding, rows ending at different steps), sampled
@@ -505,6 +538,9 @@ def test_vl_greedy_equals_hf_generate_alone_and_in_a_batch_of_image_sizes(kind):
     ref = ref[:, ids.shape[1]:]
     assert len(set(rmask.sum(1).tolist())) > 1
     assert torch.equal(resp, ref[:, :resp.shape[1]]) and (ref[:, resp.shape[1]:] == pad).all()
+    for batch in (1, 2):  # refilled slots: each waiting prompt prefilled with its own images
+        again, _, _ = sample.generate(model, ids, mask, 12, eos, pad, temperature=0, sync_every=2, batch=batch, **extra)
+        assert torch.equal(again, resp)
     for i, (text, sizes) in enumerate(VL_SPECS):  # each prompt alone gives the same response
         x, m, e, _ = vl_batch(proc, [(text, sizes)])
         first = sum(len(s) for _, s in VL_SPECS[:i])
@@ -535,6 +571,8 @@ def test_vl_prefix_sharing_runs_each_image_once_and_equals_the_per_row_path(kind
     assert seen == [len(images), len(images)]
     again, _, _ = sample.generate(model, rep_ids, rep_mask, 8, set(), pad, temperature=0, **rep)
     assert seen[2] == 2 * len(images) and torch.equal(resp, again)
+    again, _, _ = sample.generate(model, ids, mask, 8, set(), pad, temperature=0, n=2, batch=4, **extra)
+    assert sum(seen[3:]) == len(images) and len(seen) > 4 and torch.equal(resp, again)  # refill: images once
     with torch.no_grad():
         per_row = logprobs.response_logprobs(model, rep_ids, rep_mask, resp, rmask, 1.0, **rep)
     torch.testing.assert_close(shared, per_row)
@@ -1434,7 +1472,7 @@ def test_gpu_settings_on_two_cpu_processes_bf16_auto_gen_batch_and_keep_gathered
     common = ["--steps", "2", "--prompts_per_step", "8", "--group_size", "4", "--eval_size", "0", "--warmup_steps",
               "30", "--max_new_tokens", "8", "--micro_batch", "4"]
     res = subprocess.run([*torchrun, str(tmp_path / "runner.py"), *common, "--dtype", "bf16", "--gen_batch", "auto",
-                          "--gen_mem_gb", "0.0002", "--out", str(tmp_path / "bf16")], cwd=HERE, capture_output=True,
+                          "--gen_mem_gb", "0.0004", "--out", str(tmp_path / "bf16")], cwd=HERE, capture_output=True,
                          text=True, timeout=600, env=dict(os.environ, PYTHONPATH=HERE))
     assert res.returncode == 0, res.stderr[-3000:]
     rollouts = [l.split()[1:] for l in res.stderr.splitlines() if l.startswith("ROLLOUT")]
@@ -2135,10 +2173,12 @@ def test_auto_gen_batch_is_the_rows_whose_cache_and_activations_fit():
     cfg = Qwen3Config(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     kv = 2 * 2 * 2 * 16 * 2  # K and V x layers x KV heads x head_dim x bf16 bytes = 256 per token
-    per_row = max(kv * (100 + 50), (kv + (4 * 64 + 3 * 128) * 2) * 100) + 3 * 4 * 1000  # 165,600 bytes
-    assert memory.auto_gen_batch(cfg, 100, 50, 10 ** 8) == int(10 ** 8 * 0.9 // per_row) == 543
+    prefill = (kv + (4 * 64 + 3 * 128) * 2) * 100  # a 100-token prompt's cache and activations: 153,600 bytes
+    per_row = kv * (100 + 50) + prefill + 3 * 4 * 1000  # slot + prefill of a refill + logits: 204,000 bytes
+    assert memory.auto_gen_batch(cfg, 100, 50, 10 ** 8) == int(10 ** 8 * 0.9 // per_row) == 441
     assert memory.auto_gen_batch(cfg, 100, 50, 1) == 1  # at least one row
-    assert memory.auto_gen_batch(cfg, 100, 1000, 10 ** 8) == int(0.9e8 // (kv * 1100 + 12000))  # the cache dominates
+    assert memory.auto_gen_batch(cfg, 100, 50, 10 ** 8, group=8) == int(0.9e8 // (kv * 150 + prefill / 8 + 12000))
+    assert memory.auto_gen_batch(cfg, 100, 1000, 10 ** 8) == int(0.9e8 // (kv * 1100 + prefill + 12000))
 
 
 def test_held_out_split_is_at_most_a_tenth_and_disjoint(tmp_path):

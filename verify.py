@@ -106,9 +106,7 @@ def extract_with_rule(response, choice=0):
     i = low.rfind("answer is")
     head = low[max([low.rfind(c, max(i - MAX_SENTENCE, 0), i) + 1 for c in ".!?\n"] + [i - MAX_SENTENCE]):i]
     if i >= 0 and not HEDGE.search(head) and not CORRECTION.search(low, i, i + 4 * MAX_SENTENCE):
-        rest = window[i + len("answer is"):].split("\n", 1)[0]
-        rest = re.split(r"[.!](?:\s|$)", rest.lstrip(" :"), maxsplit=1)[0].strip(" *")
-        if rest:
+        if rest := re.split(r"\n|[.!](?:\s|$)", window[i + len("answer is"):].lstrip(" :"), maxsplit=1)[0].strip(" *"):
             return _refine(rest, choice), "answer_is"
     if line := _answer_line(window, low):
         return _refine(line, choice), "answer_line"
@@ -156,7 +154,7 @@ def _answer_line(window, low):
             last = m
     if last is None or CORRECTION.search(low, last.end(), last.end() + 4 * MAX_SENTENCE):
         return None
-    return re.split(r"\.(?:\s|$)", window[last.end():].split("\n", 1)[0], maxsplit=1)[0].strip(" *.")
+    return re.split(r"\n|\.(?:\s|$)", window[last.end():], maxsplit=1)[0].strip(" *.")
 
 
 def _math_only(s):
@@ -271,8 +269,8 @@ def _values_in(s, begin):
     values, pos, equals = [], begin, False
     for m in spans + [None]:
         stop = m.start() if m else len(s)
-        if s.rfind("=", pos, stop) >= 0:
-            values, equals, pos = [], True, s.rfind("=", pos, stop) + 1
+        if (eq := s.rfind("=", pos, stop)) >= 0:
+            values, equals, pos = [], True, eq + 1
         values += [(n.start(), n.end(), n.group()) for n in PLAIN_NUMBER.finditer(s, pos, stop)]
         if m:
             content = next(g for g in m.groups() if g is not None)
@@ -297,8 +295,7 @@ def _normalize(s):
     s = s.strip()
     for _ in range(4):  # nested wrappers: $\boxed{\text{5}}$
         for pattern in WRAPPERS:
-            m = re.match(pattern, s, re.S)
-            if m and (not pattern.endswith(r"\}$") or _balanced(m.group(1))):
+            if (m := re.match(pattern, s, re.S)) and (not pattern.endswith(r"\}$") or _balanced(m.group(1))):
                 s = m.group(1).strip()
     s = re.sub(r"(?<!\\)\\(?:left|right|displaystyle|;|:|quad|qquad| )|~", " ", s)
     s = re.sub(r"(?<!\\)\\(,|!\s*)", "", s).replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("$", "")
@@ -330,8 +327,8 @@ def _spelled_value(m):
 
 
 def _drop_lhs(s):
-    """The last side of an equation whose left side is a name or whose sides are all values, else s (module docstring).
-    A top-level comma before the last "=" keeps s: "x = 1, y = 2"."""
+    """The last side of an equation whose left side is a name or whose sides are values, else s (module docstring)."""
+    # a top-level comma before the last "=" keeps s: "x = 1, y = 2"
     if len(parts := _split_top(s, "=")) < 2 or any(len(_split_top(q)) > 1 for q in parts[:-1]):
         return s
     name = re.sub(r"_\{[^{}]*\}|_\w|\([^()]*\)", "", parts[0])
@@ -406,8 +403,7 @@ def _evaluate(s):
             base = float(math.factorial(int(base)))
         if tokens[-1] == "^":
             take()
-            exp = unary()
-            if abs(exp) > 1000 or (base < 0 and exp != int(exp)) or (base == 0 and exp < 0):
+            if abs(exp := unary()) > 1000 or (base < 0 and exp != int(exp)) or (base == 0 and exp < 0):
                 raise ValueError
             return float(base) ** exp  # an OverflowError is caught below
         return base
@@ -426,8 +422,7 @@ def _evaluate(s):
             return atom() / atom()
         if t == "\\sqrt":
             n = atom() if tokens[-1] == "[" else 2.0  # \sqrt[3]{8}
-            v = atom()
-            if v < 0:
+            if (v := atom()) < 0:
                 raise ValueError
             return v ** (1 / n)
         raise ValueError
@@ -447,8 +442,7 @@ def _value(s):
     return None if v is None else (None, v)
 
 
-def _numbers_equal(a, b):
-    (ea, fa), (eb, fb) = a, b
+def _numbers_equal(ea, fa, eb, fb):
     if ea is None or eb is None:
         return math.isclose(fa, fb, rel_tol=1e-6, abs_tol=1e-12)
     # integers exactly
@@ -462,7 +456,7 @@ def _values_equal(p, g):
         if len(s) > MAX_EXPR or (v := _value(s.rstrip("%").strip())) is None:
             return None
         cands.append([v] + ([(None if v[0] is None else v[0] / 100, v[1] / 100)] if s.endswith("%") else []))
-    return (any(_numbers_equal(a, b) for a in cands[0] for b in cands[1])
+    return (any(_numbers_equal(*a, *b) for a in cands[0] for b in cands[1])
             or _rounded(p, g, cands[1][0]) or _rounded(g, p, cands[0][0]))
 
 
@@ -586,8 +580,9 @@ def _choice_count(answer, options):
 
 
 def reward(response, answer, options=None):
-    """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0. Never raises (extract_with_rule
-    and is_equivalent, which the tests call, do): an odd response costs its reward, not the training run hours in."""
+    """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0. Never raises."""
+    # (extract_with_rule and is_equivalent, which the tests call, do raise): an odd response costs its reward, not the
+    # training run hours in
     try:
         choice = _choice_count(answer, options)
         pred = extract_answer(response, choice)
