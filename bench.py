@@ -1,6 +1,6 @@
 """Benchmarks, each printed side by side against its baseline from the same process, and a memory plan.
 
-    python bench.py                     # 1-3 and 5 below on CPU (about 7 minutes on 2 cores)
+    python bench.py                     # 1-3 and 5 below on CPU (about 9 minutes on 2 cores)
     python bench.py --only rollout      # or step, memory, update
     python bench.py --only update --profile    # 5 with the update's operators, by time
     python bench.py --plan Qwen3-8B --gpus 8 --gpu_mem 80    # 4: per-GPU memory plan, no download
