@@ -1,6 +1,6 @@
 """Benchmarks, each printed side by side against its baseline from the same process, and a memory plan.
 
-    python bench.py                     # 1-3 and 5 below on CPU (about 9 minutes on 2 cores)
+    python bench.py                     # 1-3 and 5 below on CPU (about 11 minutes on 2 cores)
     python bench.py --only rollout      # or step, memory, update
     python bench.py --only update --profile    # 5 with the update's operators, by time
     python bench.py --plan Qwen3-8B --gpus 8 --gpu_mem 80    # 4: per-GPU memory plan, no download
@@ -10,7 +10,8 @@
    then G samples per prompt with each prompt prefilled once vs every row prefilled, and prefill tokens computed;
    then finished rows' slots refilled with waiting prompts vs dropped: useful tokens/s and rows alive per step.
 2. step: seconds per step in rollout / teacher / update, rlsd (lam > 0) vs grpo, on the built-in model (also with
-   a teacher prompt 3x the student's), and the teacher pass's tokens; on a GPU the update's MFU.
+   a teacher prompt 3x the student's) and on the SmolLM2-135M shape, and the teacher pass's tokens; on a GPU the
+   update's MFU.
 3. memory: peak memory per process of each phase, 1 vs 2 processes, next to the plan of 4.
 4. plan: bytes per GPU of each phase (memory.py and its presets), and the largest generate batch that fits.
 5. update: on 2 processes, the update vs a no-grad forward of the same rows (SmolLM2-135M shape), with and
@@ -19,7 +20,6 @@
 import argparse
 import contextlib
 import os
-import socket
 import time
 from functools import partial
 
@@ -194,17 +194,18 @@ def clock(device):
 
 
 # ----------------------------------------------------------------------------- 2. the training step
-def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3, teacher_3x=False):
+def bench_step(device, prompts=8, G=8, new_tokens=32, reps=3, teacher_3x=False, make=None,
+               name="the built-in 2-layer 128-wide Qwen2"):
     tok = toy.text_tokenizer()
-    model, opt, teacher = policy_and_teacher(lambda: toy.text_model(tok), device)
+    model, opt, teacher = policy_and_teacher(make or (lambda: toy.text_model(tok)), device)
     rows, _ = data.tokenize(toy.task_data("largest", prompts, 1, 0)[0], tok, 256, {})
     s_ids, s_mask = [t.to(device) for t in sample.left_pad([r["student_ids"] for r in rows], 0)]  # [prompts, P]
     t_ids, t_mask = [t.to(device) for t in sample.left_pad([r["student_ids"] * 3 if teacher_3x else r["teacher_ids"]
                                                             for r in rows], 0)]  # [prompts, P']
     gen, N = torch.Generator(device=device).manual_seed(0), prompts * G
-    print(f"2. step: {prompts} prompts x {G} samples x {new_tokens} forced tokens, the built-in 2-layer 128-wide "
-          f"Qwen2, student prompts {s_ids.shape[1]} tokens, teacher {t_ids.shape[1]}{' (3x)' if teacher_3x else ''}" +
-          f", 1 process, {torch.get_num_threads()} threads, {device}")
+    print(f"2. step: {prompts} prompts x {G} samples x {new_tokens} forced tokens, {name}, student prompts "
+          f"{s_ids.shape[1]} tokens, teacher {t_ids.shape[1]}{' (3x)' if teacher_3x else ''}, 1 process, "
+          f"{torch.get_num_threads()} threads, {device}")
     times = {}
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -289,10 +290,7 @@ def _memory_worker(rank, world, port, out, rows, prompt_len, new_tokens, micro_b
 
 def spawn(worker, world, *args, out="/tmp/rlsd_bench"):
     """Run worker(rank, world, port, out, *args) on `world` gloo processes; return what each rank saved to out.RANK."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(worker, nprocs=world, args=(world, port, out, *args))
+    torch.multiprocessing.spawn(worker, nprocs=world, args=(world, parallel.free_port(), out, *args))
     saved = [torch.load(f"{out}.{r}") for r in range(world)]
     for r in range(world):
         os.remove(f"{out}.{r}")
@@ -384,13 +382,13 @@ def main():
                    args.gen_batch)
         return
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    if not dist.is_initialized():
-        parallel.setup_distributed()
+    parallel.setup_distributed()
     if args.only in (None, "rollout"):
         bench_rollout(device)
     if args.only in (None, "step"):
         bench_step(device)
         bench_step(device, teacher_3x=True)
+        bench_step(device, prompts=2, make=toy.smollm2_shape, name="a random SmolLM2-135M shape (30-layer Llama)")
     if args.only in (None, "memory") and device.type == "cpu":
         bench_memory()
     if args.only in (None, "update") and device.type == "cpu":

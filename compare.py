@@ -28,10 +28,9 @@ def torchrun(args, out, *flags):
 
 
 def run(algo, seed, args):
-    out = os.path.join(args.out, f"{algo}-s{seed}")
+    out, cold = os.path.join(args.out, f"{algo}-s{seed}"), os.path.join(args.out, f"cold-s{seed}")
     if os.path.isdir(os.path.join(out, "final")):
         return out
-    cold = os.path.join(args.out, f"cold-s{seed}")
     if not os.path.isdir(os.path.join(cold, "final")):
         torchrun(args, cold, "--seed", str(seed), "--steps", "0", "--overwrite")
     resume = ["--resume"] if os.path.isdir(out) and any(n.startswith("checkpoint-") for n in os.listdir(out)) else []

@@ -53,11 +53,10 @@ def check_image(where, root, item, allow_abs_paths):
         raise UserError(f"{where}: image {item} is outside the data file's directory (--allow_abs_paths allows it)")
     try:
         with Image.open(path) as im:
-            size = im.size
             im.verify()
+            return path, im.size
     except Exception as e:  # missing, unreadable, or not an image
         raise UserError(f"{where}: cannot read image {item}: {getattr(e, 'strerror', None) or e}") from None
-    return path, size
 
 
 def load_split(path, eval_path, eval_size, seed, allow_abs_paths=False):

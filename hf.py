@@ -3,6 +3,7 @@
 Text models load with AutoModelForCausalLM and AutoTokenizer; a model with a vision config (Qwen3-VL, Qwen2.5-VL)
 with AutoModelForImageTextToText and its processor (tokenizer + image processor + chat template). Positions: cumsum of
 the attention mask for text (left padding), a Qwen-VL model's own 3-D M-RoPE positions (get_rope_index)."""
+import contextlib
 import json
 import os
 
@@ -50,11 +51,16 @@ def check_model(name, flag):
 
 
 def load_spec(path, trust_remote_code=False):
-    """(processor, config, dtype of its saved weights) of a hub id or model dir; no weights loaded."""
-    from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    """(processor, config, dtype of its saved weights) of a hub id or model dir; no weights loaded. The processor
+    of a text model is its tokenizer; of a VLM, tokenizer + image processor + chat template (see image_only)."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     dtype = config.dtype if isinstance(config.dtype, torch.dtype) else getattr(torch, config.dtype or "float32")
-    return load_processor(path, trust_remote_code), config, dtype
+    if not is_vision_model(config):
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code), config, dtype
+    proc = image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])).from_pretrained(path)
+    return proc, config, dtype
 
 
 def image_only(cls):
@@ -63,16 +69,6 @@ def image_only(cls):
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
     return type(cls.__name__, (cls,), {"__init__": __init__})
-
-
-def load_processor(path, trust_remote_code=False):
-    """The tokenizer of a text model; the processor (tokenizer + image processor) of a VLM."""
-    import transformers
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
-    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if not is_vision_model(config):
-        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return image_only(getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])).from_pretrained(path)
 
 
 # The video processor each image-only Qwen-VL processor stands in for, and the hub's settings for it that
@@ -152,6 +148,39 @@ def cat_images(items):
     """One batch's image inputs from per-row ones (image_inputs of each row), in row order."""
     items = [i for i in items if i]
     return {k: torch.cat([i[k] for i in items]) for k in items[0]} if items else {}
+
+
+@contextlib.contextmanager
+def vision_once(models, items):
+    """The forward's image inputs of rows whose per-row inputs `items` repeat (a prompt's G rows hold one dict):
+    while open, each model's vision tower runs once per distinct dict and its outputs (merged image tokens, Qwen3-VL's
+    deepstack features) are indexed out to every row holding it; the rows' gradients meet in one vision backward."""
+    rows = [i for i in items if i]
+    distinct = list({id(i): i for i in rows}.values())
+    if len(distinct) == len(rows):  # nothing repeats (or no images)
+        yield cat_images(rows)
+        return
+    once, merge = cat_images(distinct), models[0].config.vision_config.spatial_merge_size ** 2
+    grid = once["image_grid_thw"]  # [distinct images, 3]
+    sizes = [int(d["image_grid_thw"].prod(-1).sum()) // merge for d in distinct]  # merged image tokens per dict
+    tokens = dict(zip(map(id, distinct), torch.arange(sum(sizes), device=grid.device).split(sizes)))  # their rows
+    index = torch.cat([tokens[id(i)] for i in rows])  # [image tokens of all rows]: rows of the tower's output
+
+    def distinct_only(module, args, kwargs):  # the tower's input: the distinct images
+        return args, {**kwargs, "grid_thw": grid}
+
+    def expand(module, args, kwargs, out):  # its output: each row's image tokens
+        out.pooler_output = out.pooler_output[index]
+        if getattr(out, "deepstack_features", None) is not None:
+            out.deepstack_features = [f[index] for f in out.deepstack_features]
+
+    hooks = [m.model.visual.register_forward_pre_hook(distinct_only, with_kwargs=True) for m in models]
+    hooks += [m.model.visual.register_forward_hook(expand, with_kwargs=True) for m in models]
+    try:
+        yield {"pixel_values": once["pixel_values"], "image_grid_thw": cat_images(rows)["image_grid_thw"]}
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # ----------------------------------------------------------------------------- positions

@@ -74,9 +74,8 @@ def series(records, key, smooth=0):
 def limits(values, pad=0.05):
     """(lo, hi) of the values plus a margin; a flat range is widened so that it keeps a height."""
     lo, hi = min(values), max(values)
-    if lo == hi:
-        return lo - (abs(lo) * 0.1 or 1), hi + (abs(hi) * 0.1 or 1)
-    return lo - (hi - lo) * pad, hi + (hi - lo) * pad
+    margin = (hi - lo) * pad if lo != hi else (abs(lo) * 0.1 or 1)
+    return lo - margin, hi + margin
 
 
 def nice_ticks(lo, hi, n=5, integer=False):

@@ -138,41 +138,6 @@ def stoppable(device):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(model, proc, path, arch, dtype, rank, state=None):
-    """The model directory at `path`; with `state` (teacher, opt, gen, info) also the training state in path/trainer."""
-    tmp = path + ".tmp"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    dist.barrier()
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if rank == 0:
-        if getattr(model.config, "tie_word_embeddings", False):
-            sd.pop("lm_head.weight", None)  # tied to the input embedding; from_pretrained re-ties it
-        save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"),
-                  metadata={"format": "pt"})
-        config = copy.deepcopy(model.config)
-        config.architectures = [arch]  # the original class, not the FSDP wrapper
-        config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
-        write_video_config(proc, tmp)
-    if state is not None:
-        dcp.save(trainer_state(model, state["teacher"], state["opt"]), checkpoint_id=os.path.join(tmp, "trainer"))
-        save_file(rng_states(state["gen"]), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
-        if rank == 0:
-            pathlib.Path(tmp, "trainer", "state.json").write_text(json.dumps(state["info"]))
-    dist.barrier()
-    if rank == 0:
-        if os.path.exists(path):  # only "final" is rewritten: the old one is deleted after the new one is in place
-            shutil.rmtree(path + ".old", ignore_errors=True)
-            os.replace(path, path + ".old")
-        os.replace(tmp, path)
-        shutil.rmtree(path + ".old", ignore_errors=True)
-    dist.barrier()
-
-
 def trainer_state(model, teacher, opt):  # what trainer/ holds besides the RNG states and state.json
     return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt),
             **({"teacher": get_model_state_dict(teacher)} if teacher is not None else {})}
@@ -232,14 +197,47 @@ class Run:
 
     def save(self, step, order, bad, pending=None):
         info = {"step": step, "order": order, "bad": bad, "pending": pending, "args": vars(self.args), "id": self.id}
-        save_checkpoint(self.model, self.proc, os.path.join(self.args.out, f"checkpoint-{step}"), self.arch,
-                        self.dtype, self.rank, dict(teacher=self.teacher, opt=self.opt, gen=self.gen, info=info))
+        self.save_dir(os.path.join(self.args.out, f"checkpoint-{step}"), info)
         if self.rank == 0:  # all but the --keep_last newest checkpoint-N dirs go (0 keeps all)
             out, keep = self.args.out, self.args.keep_last
             steps = sorted(int(n.split("-")[1]) for n in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", n))
             for s in steps[:-keep] if keep else []:
                 shutil.rmtree(os.path.join(out, f"checkpoint-{s}"), ignore_errors=True)
         self.saved_at = time.time()
+
+    def save_dir(self, path, info=None):
+        """The model directory at `path`; with `info` (state.json) also the training state in path/trainer."""
+        model, rank, tmp = self.model, self.rank, path + ".tmp"
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        dist.barrier()
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            if getattr(model.config, "tie_word_embeddings", False):
+                sd.pop("lm_head.weight", None)  # tied to the input embedding; from_pretrained re-ties it
+            save_file({k: v.to(self.dtype).contiguous() for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"),
+                      metadata={"format": "pt"})
+            config = copy.deepcopy(model.config)
+            config.architectures = [self.arch]  # the original class, not the FSDP wrapper
+            config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+            self.proc.save_pretrained(tmp)  # tokenizer, or processor (tokenizer + image processor + chat template)
+            write_video_config(self.proc, tmp)
+        if info is not None:
+            dcp.save(trainer_state(model, self.teacher, self.opt), checkpoint_id=os.path.join(tmp, "trainer"))
+            save_file(rng_states(self.gen), os.path.join(tmp, "trainer", f"rng-{rank}.safetensors"))
+            if rank == 0:
+                pathlib.Path(tmp, "trainer", "state.json").write_text(json.dumps(info))
+        dist.barrier()
+        if rank == 0:
+            if os.path.exists(path):  # only "final" is rewritten: the old one is deleted after the new one is in place
+                shutil.rmtree(path + ".old", ignore_errors=True)
+                os.replace(path, path + ".old")
+            os.replace(tmp, path)
+            shutil.rmtree(path + ".old", ignore_errors=True)
+        dist.barrier()
 
     def begin_step(self, step, order, bad):
         """What a stop during this step saves: the data order, bad count and RNG states at its start."""
@@ -281,9 +279,8 @@ class Run:
         """The final model dir, or after a stop the line with the resume command. Returns the exit code."""
         if self.log:
             self.log.close()
-        out = self.args.out
         if not self.stopped:
-            save_checkpoint(self.model, self.proc, os.path.join(out, "final"), self.arch, self.dtype, self.rank)
+            self.save_dir(os.path.join(self.args.out, "final"))
             return 0
         if self.rank == 0:
             cmd = f"torchrun --nproc_per_node={self.world} train.py" if self.world > 1 else "python train.py"
@@ -293,7 +290,7 @@ class Run:
             done = f"step {self.abandoned} abandoned" if self.abandoned else f"stopped after step {self.stopped_at}"
             print(f"{what} during start-up: stopped, nothing saved" if self.stopped_at is None else
                   f"{what}: {done}; checkpoint-{self.stopped_at} complete {time.time() - float(at):.1f} s after the "
-                  f"signal; resume with: {cmd} --resume --out {out}", file=sys.stderr, flush=True)
+                  f"signal; resume with: {cmd} --resume --out {self.args.out}", file=sys.stderr, flush=True)
         return 0 if "TORCHELASTIC_RUN_ID" in os.environ else 130  # (torchrun reports non-zero as a failure)
 
 

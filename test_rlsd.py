@@ -579,6 +579,54 @@ def test_vl_prefix_sharing_runs_each_image_once_and_equals_the_per_row_path(kind
     torch.testing.assert_close(lp * rmask, per_row * rmask)
 
 
+@VL_KINDS
+@pytest.mark.parametrize("algo", ["rlsd", "grpo+opsd"])
+def test_vl_update_runs_each_image_once_per_micro_batch_and_equals_the_per_row_path(kind, algo):
+    """The update of a VLM's G = 3 responses per prompt (prompts with one image, two images and none;
+    micro-batches of 4, so groups straddle micro-batches), with a prompt's rows holding one image dict: the
+    vision tower sees each of a micro-batch's images once (OPSD's teacher too), and the statistics and the
+    weights after an SGD step equal those of rows that each hold a copy of their images."""
+    import copy
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{parallel.free_port()}", rank=0, world_size=1)
+    try:
+        model, proc = tiny_vl(kind)
+        ids, mask, _, images = vl_batch(proc, VL_SPECS)
+        sizes, G, g = [len(s) for _, s in VL_SPECS], 3, torch.Generator().manual_seed(0)
+        per_prompt = [hf.image_inputs(proc, images[sum(sizes[:i]):sum(sizes[:i + 1])], "cpu") for i in range(len(sizes))]
+        N, T = len(sizes) * G, 4
+        resp = torch.randint(10, 60, (N, T), generator=g)
+        rmask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=g)).long()
+        batch = dict(prompt_ids=ids.repeat_interleave(G, 0), prompt_mask=mask.repeat_interleave(G, 0), resp=resp,
+                     resp_mask=rmask, adv=torch.randn(N, generator=g, dtype=torch.float64),
+                     logp_teacher=-torch.rand(N, T, generator=g, dtype=torch.float64),
+                     teacher_ids=ids.repeat_interleave(G, 0), teacher_mask=mask.repeat_interleave(G, 0))
+        shared = [d for d in per_prompt for _ in range(G)]  # as train.py holds them: a prompt's dict G times
+        copies = [{k: v.clone() for k, v in d.items()} for d in shared]
+        got = []
+        for images in (shared, copies):
+            policy, teacher, seen = copy.deepcopy(model), copy.deepcopy(model), []
+            for m in (policy, teacher):
+                m.model.visual.register_forward_hook(lambda m, a, k, o: seen.append(len(a[0])), with_kwargs=True)
+            opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+            stats = train.train_step(policy, opt, {**batch, "images": images}, algo=algo, teacher=teacher,
+                                     micro_batch=4, grad_clip=1e9)
+            got.append((stats, seen, policy.state_dict()))
+        pixels = lambda rows: sum(len(d["pixel_values"]) for d in {id(d): d for d in rows if d}.values())
+        per_mb = [pixels(shared[i:i + 4]) for i in range(0, N, 4) if pixels(shared[i:i + 4])]
+        times = 1 if algo == "rlsd" else 2  # OPSD: the teacher's forward too
+        assert got[0][1] == [p for p in per_mb for _ in range(times)]  # pixel rows per vision forward
+        assert sum(got[1][1]) == times * pixels(copies) > sum(got[0][1])
+        assert got[0][0].keys() == got[1][0].keys()
+        for k in got[0][0]:
+            assert got[0][0][k] == pytest.approx(got[1][0][k], rel=1e-9, abs=1e-12), k
+        for k, v in got[0][2].items():
+            torch.testing.assert_close(v, got[1][2][k])
+        assert any(not torch.equal(v, model.state_dict()[k]) for k, v in got[0][2].items() if "visual" in k)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_vl_teacher_logprobs_read_at_student_response_positions():
     """The teacher's prompt (image + question + reference) is longer; its log-probs of the same response
     tokens must equal those of a plain unpadded forward of teacher prompt + response."""
@@ -1236,6 +1284,12 @@ def test_verify_cli_jsonl_bom_and_bad_bytes(tmp_path):
         assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and needle in res.stderr, res.stderr
 
 
+def test_toy_cli_without_its_arguments_gives_the_usage_line():
+    res = subprocess.run([sys.executable, "toy.py", "smollm2"], cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res.stdout + res.stderr
+    assert res.stderr.startswith("error: usage: python toy.py smollm2 DIR") and res.stderr.count("\n") == 1, res.stderr
+
+
 # ----------------------------------------------------------------------------- train.py: data and errors
 def run_main_expect_error(argv, capsys, monkeypatch, world=1):
     import signal as _signal
@@ -1390,12 +1444,8 @@ def _update_worker(rank, world, port, out_file, micro_batch, mode):
 
 
 def _run_update(tmp_path, world, micro_batch, mode="rlsd"):
-    import socket
-    with socket.socket() as s:  # a free port for the process group's store
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / f"w{world}-{mode}.pt")
-    torch.multiprocessing.spawn(_update_worker, nprocs=world, args=(world, port, out, micro_batch, mode))
+    torch.multiprocessing.spawn(_update_worker, nprocs=world, args=(world, parallel.free_port(), out, micro_batch, mode))
     return torch.load(out)
 
 
@@ -1596,7 +1646,7 @@ def test_end_to_end_tiny_vl_two_processes_mixed_image_and_text_rows(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(ckpt)
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert type(AutoImageProcessor.from_pretrained(ckpt)).__name__.startswith("Qwen2VLImageProcessor")
-    proc = hf.load_processor(ckpt)
+    proc = hf.load_spec(ckpt)[0]
     assert proc.tokenizer("<|image_pad|>")["input_ids"] == [model.config.image_token_id]
     res = subprocess.run([sys.executable, "sample.py", ckpt, row["question"], "--image",
                           str(data / "shape.png"), "--n", "2", "--max_new_tokens", "6"],
@@ -1724,9 +1774,7 @@ def test_stop_and_resume_with_two_torchrun_agents_as_two_nodes(tmp_path):
     stop on node 1 and a resume equal an uninterrupted run on the same two nodes, value for value (one
     2-process node differs in the last bits: other reduction order), and each checkpoint file is there once."""
     def agents(argv):
-        with __import__("socket").socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = parallel.free_port()
         launch = lambda node: [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--node_rank",
                                str(node)]
@@ -1866,7 +1914,6 @@ def test_memory_plan_matches_measured_peak_memory_on_cpu():
 
 
 def test_memory_plan_of_the_paper_preset_fits_80gb():
-    import bench
     s = memory.PRESETS["Qwen3-8B"]
     assert memory.n_params(s) == 8190735360  # Qwen3-8B's parameter count
     gen = memory.largest_gen_batch(s, 8, 80e9, 4096, 4096, 4)

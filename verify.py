@@ -5,34 +5,30 @@ Extraction, first rule that applies, after dropping <think>...</think> (an unclo
      first <answer> after the tag before it: "<answer>x<answer>9</answer>" is malformed (0)
   2. boxed: the last \\boxed{...} or \\fbox{...} (nested braces), unless "Final Answer:" / "final answer is" follows
   3. answer_is: X after the last "answer is", unless a hedge precedes it in its sentence ("I guess the answer is")
-  4. answer_line: X after the last "Answer:" at most 80 characters into its line ("The answer: D") or after a "####"
-     opening a line (GSM8K). In 3 and 4, X runs to the end of its line or sentence (in 3, "80!" is 80) and is kept if
-     bare (a value, a list, a matrix, choice letters), else what follows its last is/are/equals if bare or at most 3
-     words ("The volume is 120" -> 120), else its sole value or letter as in rule 9 with no conclusion needed ("Jane
-     started 3 hours ago" -> 3), else X as text; both are skipped when a CORRECTION follows within 2400 characters:
-     "The answer is 80. Wait, no, it's 81".
+  4. answer_line: X after the last "Answer:" at most 80 characters into its line or a "####" opening a line (GSM8K).
+     In 3 and 4, X ends with its line or sentence (in 3, "80!" is 80) and is kept if bare (a value, list, matrix or
+     choice letters), else what follows its last is/are/equals if bare or at most 3 words ("The volume is 120"), else
+     its sole value or letter by rule 9, no conclusion needed ("Jane started 3 hours ago"), else X as text; both are
+     skipped when a CORRECTION follows within 2400 characters ("The answer is 80. Wait, no, it's 81").
   Rules 5-9 first drop up to 3 closing COURTESY sentences without a digit ("I hope this helps!").
   5. leading_value (no choice; at most 2400 characters): an opening plain number, bold or not, that ends its sentence
      or line ("80. To get this, I added 51 and 29."); not before a numbered list, "step", a hedge or a self-correction
-  6. math_only: the whole response, or its last line, is one math span: $...$, $$...$$, \\(...\\) or \\[...\\] (a
-     display may span lines); its content, unless bare arithmetic (rule 7)
+  6. math_only: the content of the response or of its last line if that is one MATH_ONLY span, unless bare arithmetic
   7. last_line: the last non-empty line if it is a bare answer (a number, 20%, a closed form, "x = 5", a choice letter
      only when it is the whole response), else what follows its last "=" if that is a number or closed form and the
      line has no hedge or negation; bare arithmetic of plain numbers ("51 + 29", "x = 5 + 3") answers nothing
   8. leading_choice (choice only): an opening "B.", "(B)", "B)", "B:" or "**B**", unless the text lists labelled options
-  9. free_text: the last sentence (split at . ! ? 。 and line ends; at most 600 characters).
-     Multiple choice: its last standalone capital letter within the options ("A" and "I" before a lowercase word are
-       the article and the pronoun, unless the word is a verb or and/or); refused when joined to the letter before it
-       by or/and/","/"/" ("C or D"), when the sentence is only a letter (unless bold) or lists labelled options. With
-       no letter at all, the number rule (an option's text counts as its letter).
+  9. free_text: the last sentence (split at . ! ? 。 and line ends; at most 600 characters). Refused: a HEDGE or echo
+     of the task anywhere in it (maybe, could, question, "?", ...; for numbers also "or"), or a NEGATION, bound or
+     condition in the clause of the answer ("So B is wrong", "not 5"; "If we multiply 7 by 8, we get 56" keeps 56).
+     Multiple choice: its last standalone option letter ("I" before a lowercase word is the pronoun, "A" the article
+       unless the word is a verb or and/or); refused when joined to the letter before it by or/and/","/"/" ("C or D"),
+       when the sentence is only a letter (unless bold) or lists labelled options; with no letter, the number rule.
      Otherwise: its sole value (a PLAIN_NUMBER: 1,250, 3/4, 12:30, 30 %, eighty-one; or a math span with a digit, but
        "$1.45 and $2" is currency), counted from the clause of a CONCLUSION word or from after a RESULT verb (not the
        operands in "The sum of 51 and 29 is 80"), the last of these with a value after it, else from the whole
-       sentence; after an "=" only what follows the last one. The sentence must conclude: a conclusion word, a result
-       verb, a bold value (**42**) or an "=". Refused: a HEDGE or echo of the task (maybe, could, question, "?", ...)
-       anywhere in the sentence (for numbers also "or"), or a NEGATION, bound or condition in the clause of the value
-       or letter ("So B is wrong", "not 5"; "If we multiply 7 by 8, we get 56" keeps 56). No question text reaches the
-       reward, so listing numbers, hedging "3 or 4" or repeating the question's numbers without concluding earns 0.
+       sentence; after an "=" only what follows the last one. The sentence must conclude (a conclusion word, a result
+       verb, a bold value **42** or an "="): no question text reaches the reward, so echoing its numbers earns 0.
 
 Equivalence (is_equivalent), both sides after stripping WRAPPERS, TEXT commands, \\left, degrees and \\$, with
 "percent"/"pct" -> %, spelled numbers read and up to 3 UNIT words after a value dropped ("5 cm", not "5 is too small"):
@@ -48,8 +44,7 @@ Equivalence (is_equivalent), both sides after stripping WRAPPERS, TEXT commands,
     significant digits also equals a non-decimal value rounding to it at its places (2.6667 = 8/3; 0.333 != 1/3);
   - decimal commas (reward only: it sees the response): 3,5 is 3.5 in a response in a language that writes them
     (DECIMAL_COMMA_TEXT) unless the reference is a choice or a list or 3,500 reads as grouping; else 3,5 is a list;
-  - percentages: x% equals x and x/100 (so 50% = 50 = 0.5, but 0.5 != 50 without a %);
-  - otherwise text, case- and whitespace-insensitive.
+  - percentages: x% equals x and x/100 (50% = 50 = 0.5, but 0.5 != 50); else text, case- and whitespace-insensitive.
 Linear time in the response length; long answers are compared as text; never raises.
 
 CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...], or --jsonl FILE of {response, answer[, options]}
@@ -84,7 +79,8 @@ def _last_braced(text, commands=("\\boxed", "\\fbox")):
     return None
 
 
-ANSWER_COLON = re.compile(r"(?:answer[ \t*_]*:|####)[ \t*_]*(?=[^\s*])")  # searched in lower case
+# searched in lower case, per line: its last "answer:" at most 80 characters in (not inside a word), else "####" (GSM8K)
+ANSWER_COLON = re.compile(r"^(?:[^\n]{0,80}(?<![a-z0-9])answer[ \t*_]*:|####)[ \t*_]*(?=[^\s*])", re.M)
 FINAL_STATEMENT = re.compile(r"final answer\s*(?:is\b|:)", re.I)
 MATH_ONLY = re.compile(r"\s*(?:\$\$(.+)\$\$|\\\[(.+)\\\]|\$(.+)\$|\\\((.+)\\\))[\s.]*", re.S)
 SENTENCE_END = re.compile(r"(?<=[.!?؟])\s+|(?<=[。！？])|\n")
@@ -145,13 +141,7 @@ def extract_answer(response, choice=0):
 
 def _answer_line(window, low):
     """Text after the last "answer:" with at most 80 characters before it on its line, or a line-opening "####"."""
-    last = None
-    for m in ANSWER_COLON.finditer(low):  # streamed: no list of matches on a long input
-        i, before = m.start(), low[m.start() - 1:m.start()]
-        # not inside a word, not a "####" inside a line, not too far into its line
-        if not (before.isalnum() or (m.group()[0] == "#" and before not in ("", "\n"))
-                or (i > 80 and window.rfind("\n", i - 81, i) < 0)):
-            last = m
+    last = max(ANSWER_COLON.finditer(low), key=lambda m: m.end(), default=None)  # the last one, streamed
     if last is None or CORRECTION.search(low, last.end(), last.end() + 4 * MAX_SENTENCE):
         return None
     return re.split(r"\n|\.(?:\s|$)", window[last.end():], maxsplit=1)[0].strip(" *.")
@@ -165,13 +155,11 @@ def _math_only(s):
 
 
 def _structured(s):
-    """True if the normalized s is a value, a list or tuple, a matrix or a set of choice letters."""
     return bool(n := _normalize(s)) and any(f(n) is not None for f in (_value, _sequence, MATRIX.fullmatch, _letters))
 
 
-def _refine(content, choice):
-    """The answer inside an answer phrase (rules 3 and 4)."""
-    c = content.strip(" *")
+def _refine(c, choice):
+    """The answer inside the text c after an answer phrase (rules 3 and 4; its callers strip spaces and *)."""
     if len(c) > MAX_EXPR or _structured(c):
         return c
     m = re.fullmatch(r"(?i).*\b(?:is|are|equals|was)\s+(.+)", c)  # "The volume is 120" -> "120"
@@ -205,8 +193,9 @@ CONCLUSION = re.compile(
     r"итого|ответ|решение|yani|toplam|cevap|solution|lösung|solución|solução|soluzione)\b|"
     r"所以|因此|因而|总共|一共|共有|答案|合计|よって|したがって|合計|答え|따라서|그러므로|إذن|لذلك|المجموع|الإجابة|इसलिए|कुल|उत्तर", re.I)
 BOLD = re.compile(r"\*\*[^*]*\d[^*]*\*\*|__[^_]*\d[^_]*__|\\textbf\{[^{}]*\d")
-MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|(?<!\\)\$([^$]+)\$")
-PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s")  # a word: "$1.45 and $2" is not math
+# math spans; a $...$ with a word in it is none: "$1.45 and $2" is currency
+MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|"
+                       r"(?<!\\)\$(?![^$]*(?<![\\A-Za-z])[A-Za-z]{2,}\s)([^$]+)\$")
 NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                 "sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety").split()
 WORD_VALUE = {w: i if i < 20 else 10 * i - 180 for i, w in enumerate(NUMBER_WORDS)} | {"hundred": 100, "thousand": 1000}
@@ -239,8 +228,7 @@ def _sole(s, choice, need_conclusion=True):
     values, equals = next((v for v in map(lambda i: _values_in(s, i), reversed(starts[-8:])) if v[0]), _values_in(s, 0))
     if len(values) != 1 or HEDGE_NUMBER.search(s) or (need_conclusion and not (starts or equals or BOLD.search(s))):
         return None
-    start, end, value = values[0]
-    return value.strip() if _asserted(s, start, end) else None
+    return values[0][2].strip() if _asserted(s, *values[0][:2]) else None
 
 
 def _asserted(s, start, end):
@@ -261,13 +249,8 @@ def _lists_options(s):
 
 def _values_in(s, begin):
     """([(start, end, text)] of the values s states from `begin` on, whether an "=" came before them); rule 9."""
-    spans, pos = [], begin
-    while m := MATH_SPAN.search(s, pos):
-        pos = m.end() if m.group(4) is None or not PROSE.search(m.group(4)) else m.start() + 1
-        if pos == m.end():  # else "$1.45 and $2": currency signs, not math
-            spans.append(m)
     values, pos, equals = [], begin, False
-    for m in spans + [None]:
+    for m in [*MATH_SPAN.finditer(s, begin), None]:
         stop = m.start() if m else len(s)
         if (eq := s.rfind("=", pos, stop)) >= 0:
             values, equals, pos = [], True, eq + 1
@@ -564,8 +547,7 @@ def is_equivalent(pred, gold, options=None):
         if len(pred) > MAX_ANSWER:
             return pred.strip().lower() == gold.strip().lower()
         mp, mg = FUNCTION.match(pred), FUNCTION.match(gold)
-        if mp and mg and mp.group(1) == mg.group(1) and mp.group(2) != mg.group(2):  # f(y) = y vs f(x) = x
-            a, b = mp.group(2), mg.group(2)
+        if mp and mg and mp.group(1) == mg.group(1) and (a := mp.group(2)) != (b := mg.group(2)):  # f(y)=y, f(x)=x
             pred = re.sub(rf"(?<![A-Za-z\\])[{a}{b}](?![A-Za-z])", lambda m: b if m.group() == a else a, pred)
         p, g = _normalize(pred), _normalize(gold)
         return bool(p) and (_compare(p, g) if (gl := _gold_letters(g, options)) is None
