@@ -1,8 +1,11 @@
-"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL reader, the
-argument types of flags that are not plain numbers. No torch here: verify.py and plot.py use it too.
+"""What every command-line entry point shares: one kind of error, one way to report it, one JSONL
+reader, the argument types of flags that are not plain numbers. No torch here: verify.py and plot.py
+use it too.
 
-Library code raises `UserError` with a one-line message (naming the file and line, or the flag); only an entry
-point, wrapped in `@entry_point`, turns it into `error: ...` on stderr and exit code 2."""
+Library code raises `UserError` with a one-line message (naming the file and line, or the flag);
+only an entry point, wrapped in `@entry_point`, turns it into `error: ...` on stderr and exit
+code 2.
+"""
 import argparse
 import functools
 import json
@@ -12,27 +15,38 @@ import time
 
 
 class UserError(Exception):
-    """Something the user can fix (a data row, a flag, a path, a setting); the message is one line."""
+    """Something the user can fix (a data row, a flag, a path, a setting): a one-line message."""
 
 
 def fail(msg):
-    """`error: msg` on stderr (rank 0 only, under torchrun) and in torchrun's error file, exit code 2."""
+    """`error: msg` on stderr (rank 0 only, under torchrun) and in torchrun's error file; exit 2."""
+    line = f"error: {msg}"
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"error: {msg}", file=sys.stderr)
-    if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # so that torchrun's failure summary shows it instead of a traceback
-        with open(os.environ["TORCHELASTIC_ERROR_FILE"], "w") as f:
-            json.dump({"message": {"message": f"error: {msg}", "extraInfo": {"py_callstack": f"error: {msg}",
-                                                                             "timestamp": str(int(time.time()))}}}, f)
+        print(line, file=sys.stderr)
+    # so that torchrun's failure summary shows it instead of a traceback
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        write_torchelastic_error(os.environ["TORCHELASTIC_ERROR_FILE"], line)
     sys.exit(2)
 
 
+def write_torchelastic_error(path, line):
+    """torchrun's error file: `line` as the message and as the call stack, with the time."""
+    extra_info = {"py_callstack": line, "timestamp": str(int(time.time()))}
+    with open(path, "w") as f:
+        json.dump({"message": {"message": line, "extraInfo": extra_info}}, f)
+
+
 def gen_batch_arg(v):
-    if v != "auto" and not v.isdigit():
+    """--gen_batch: a number of rows, or "auto"."""
+    if v == "auto":
+        return v
+    if not v.isdigit():
         raise argparse.ArgumentTypeError(f"expected a number of rows or 'auto', got {v!r}")
-    return v if v == "auto" else int(v)
+    return int(v)
 
 
 def json_object(v):
+    """A flag whose value is a JSON object (a dict)."""
     try:
         obj = json.loads(v)
     except json.JSONDecodeError as e:
@@ -54,18 +68,26 @@ def entry_point(main):
 
 
 def read_jsonl(path):
-    """Yield (line number, object) for each non-blank line of a JSONL file: UTF-8 (a BOM is fine), every line a JSON
-    object, else UserError naming the file and line when reached (the caller's checks of earlier rows come first)."""
+    """Yield (line number, object) for each non-blank line of a JSONL file.
+
+    UTF-8 (a BOM is fine), every line a JSON object, else UserError naming the file and line when
+    reached (the caller's checks of earlier rows come first).
+    """
     try:
         with open(path, "rb") as f:
             lines = f.read().split(b"\n")
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}") from None
     for n, raw in enumerate(lines, 1):
+        encoding = "utf-8"
+        if n == 1:
+            encoding = "utf-8-sig"  # drops a byte order mark
         try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            line = raw.decode(encoding)
         except UnicodeDecodeError as e:
-            raise UserError(f"{path}:{n}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+            bad_byte = raw[e.start]
+            raise UserError(f"{path}:{n}: not UTF-8 text "
+                            f"(byte 0x{bad_byte:02x} at column {e.start + 1})") from None
         if not line.strip():
             continue
         try:

@@ -1,18 +1,19 @@
 """RLSD (RLVR with Self-Distillation, arXiv 2604.03128) as pure tensor functions.
 
 The steps, in the paper's order:
-  3. group_advantages       A_i   = (r_i - mean(r)) / (std(r) + eps)        per group of G
-  4. teacher_prompt         the teacher's privileged context: the question and the reference answer
-  -  token_logprobs         log p(y_t) from logits, at the sampling temperature
-  6. log_evidence_weight    log w_t = sign(A_i) * Delta_t,  Delta_t = log p_T(y_t) - log p_S(y_t)
-  7. lam_schedule           lam   = lam0 * max(0, 1 - step / decay_steps)   (decay_steps = 0: constant)
-  5-8. rlsd_token_advantages Â_t  = A_i * ((1 - lam) + lam * clip(exp(sign(A_i) * Delta_t), 1 - eps_w, 1 + eps_w))
-  9. policy_loss            PPO clipped surrogate, token mean over the global batch
-  -  generalized_jsd        the OPSD baseline's per-token divergence (teacher vs student distributions)
-  -  student_prompt, leaked the student's prompt; does a student response give the teacher's context away
+  3.   group_advantages       A_i = (r_i - mean(r)) / (std(r) + eps), per group of G
+  4.   teacher_prompt         the teacher's privileged context: question + reference answer
+  -    token_logprobs         log p(y_t) from logits, at the sampling temperature
+  6.   log_evidence_weight    log w_t = sign(A_i) * Delta_t,  Delta_t = log p_T(y_t) - log p_S(y_t)
+  7.   lam_schedule           lam = lam0 * max(0, 1 - step / decay_steps)   (0 steps: constant)
+  5-8. rlsd_token_advantages  Â_t = A_i * ((1 - lam) + lam * clip(w_t, 1 - eps_w, 1 + eps_w))
+  9.   policy_loss            PPO clipped surrogate, token mean over the global batch
+  -    generalized_jsd        the OPSD baseline's per-token divergence (teacher vs student)
+  -    student_prompt, leaked the student's prompt; does a response give the teacher's context away
 
 Shapes: N responses, T response tokens (right-padded). `mask` is 1 on real response tokens (EOS
-included) and 0 on padding. No I/O, no models, no ranks: copy this file into any trainer.
+included) and 0 on padding. No I/O, no models, no ranks, no host syncs (statistics are returned
+as 0-d tensors): copy this file into any trainer.
 """
 import math
 
@@ -27,7 +28,8 @@ def group_advantages(rewards, group_size, eps=1e-6):
     Returns [N] float32.
     """
     if group_size < 2:
-        raise ValueError(f"group_size must be >= 2 (unbiased std of one sample is undefined), got {group_size}")
+        raise ValueError(
+            f"group_size must be >= 2 (unbiased std of one sample is undefined), got {group_size}")
     r = rewards.float().view(-1, group_size)  # [P, G]
     adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + eps)
     return adv.view(-1)  # [N]
@@ -53,7 +55,8 @@ def log_evidence_weight(adv, delta):
 
 
 def lam_schedule(step, lam0=0.5, decay_steps=50):
-    """lam(step) = lam0 * max(0, 1 - step / decay_steps): linear from lam0 at step 0 to 0 at decay_steps.
+    """lam(step) = lam0 * max(0, 1 - step / decay_steps): linear from lam0 at step 0 to 0 at
+    step decay_steps.
 
     After the decay RLSD is plain GRPO. decay_steps = 0 means no decay: lam = lam0 throughout.
     """
@@ -72,25 +75,28 @@ def rlsd_token_advantages(adv, logp_teacher, logp_student, mask, lam, eps_w=0.2)
 
     adv: [N]; logp_teacher, logp_student, mask: [N, T]. The clip is applied in log space, which is
     the same function and cannot overflow. lam = 0 gives exactly A_i on every token (GRPO).
-    Returns (token_adv [N, T] zero on padding, diagnostics dict of floats over real tokens;
-    the clip fractions count the tokens of responses with A != 0, the only ones a weight can change).
+    Returns (token_adv [N, T] zero on padding, stats): stats holds 0-d tensor sums over real tokens,
+    so that micro-batches and ranks add up (no host sync here): delta_sum, w_sum (of the clipped w),
+    tokens; and over the tokens of responses with A != 0, the only ones a weight can change,
+    clip_low_tokens, clip_high_tokens (w clipped at 1 - eps_w / 1 + eps_w) and weighted_tokens.
     """
     mask = mask.float()
     delta = (logp_teacher - logp_student).detach().float() * mask  # [N, T]
-    sign = torch.sign(adv).unsqueeze(1)  # [N, 1]
     log_w = log_evidence_weight(adv, delta)  # [N, T]
-    w_clipped = log_w.clamp(math.log(1 - eps_w), math.log(1 + eps_w)).exp()  # [N, T]
+    log_low = math.log(1 - eps_w)
+    log_high = math.log(1 + eps_w)
+    w_clipped = log_w.clamp(log_low, log_high).exp()  # [N, T]
     w_bar = (1 - lam) + lam * w_clipped  # [N, T]
     token_adv = adv.unsqueeze(1) * w_bar * mask  # [N, T]
 
-    n = mask.sum().clamp(min=1)
-    weighted = mask * (sign != 0)  # tokens whose weight matters
-    nw = weighted.sum().clamp(min=1)
+    weighted = mask * (adv != 0).unsqueeze(1)  # [N, T] tokens whose weight can differ from 1
     stats = {
-        "delta_mean": (delta.sum() / n).item(),
-        "w_mean": (w_clipped * mask).sum().item() / n.item(),
-        "w_clip_low_frac": ((log_w < math.log(1 - eps_w)).float() * weighted).sum().item() / nw.item(),
-        "w_clip_high_frac": ((log_w > math.log(1 + eps_w)).float() * weighted).sum().item() / nw.item(),
+        "delta_sum": delta.sum(),
+        "w_sum": (w_clipped * mask).sum(),
+        "clip_low_tokens": ((log_w < log_low).float() * weighted).sum(),
+        "clip_high_tokens": ((log_w > log_high).float() * weighted).sum(),
+        "tokens": mask.sum(),
+        "weighted_tokens": weighted.sum(),
     }
     return token_adv, stats
 
@@ -99,13 +105,15 @@ def policy_loss(logp, logp_old, token_adv, mask, clip_low=0.2, clip_high=0.28, n
     """PPO/GRPO clipped surrogate, summed over tokens and divided by the global token count:
 
         rho_t = exp(logp_t - logp_old_t)
-        loss  = - sum_t mask_t * min(rho_t Â_t, clip(rho_t, 1 - clip_low, 1 + clip_high) Â_t) / num_tokens
+        loss  = - sum_t mask_t * min(rho_t Â_t, clip(rho_t, 1 - clip_low, 1 + clip_high) Â_t)
+                / num_tokens
 
     logp: [N, T] with grad; logp_old, token_adv, mask: [N, T]. num_tokens is the count of response
-    tokens in the whole step (all ranks, all micro-batches), so summing micro-batch losses over ranks
-    gives the global token mean; it defaults to mask.sum(). No KL, no entropy bonus. The log-ratio is
-    clamped to [-20, 20] so that a wild token gives a large finite value, not inf.
-    Returns (loss scalar, diagnostics dict of floats).
+    tokens in the whole step (all ranks, all micro-batches), so summing micro-batch losses over
+    ranks gives the global token mean; it defaults to mask.sum(). No KL, no entropy bonus. The
+    log-ratio is clamped to [-20, 20] so that a wild token gives a large finite value, not inf.
+    Returns (loss scalar, stats): 0-d tensor sums over real tokens, with no host sync:
+    ratio_clipped_tokens (tokens where the clipped term is the smaller), ratio_sum, tokens.
     """
     mask = mask.float()
     if num_tokens is None:
@@ -114,9 +122,9 @@ def policy_loss(logp, logp_old, token_adv, mask, clip_low=0.2, clip_high=0.28, n
     surr = ratio * token_adv  # [N, T]
     surr_clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * token_adv  # [N, T]
     loss = -(torch.minimum(surr, surr_clipped) * mask).sum() / num_tokens
-    n = mask.sum().clamp(min=1).item()
-    stats = {"ratio_clip_frac": ((surr_clipped < surr).float() * mask).sum().item() / n,
-             "ratio_mean": (ratio.detach() * mask).sum().item() / n}
+    stats = {"ratio_clipped_tokens": ((surr_clipped < surr).float() * mask).sum(),
+             "ratio_sum": (ratio.detach() * mask).sum(),
+             "tokens": mask.sum()}
     return loss, stats
 
 
@@ -143,8 +151,8 @@ def generalized_jsd(student_logits, teacher_logits, beta=0.5, temperature=1.0):
 # ----------------------------------------------------------------------------- the prompts
 INSTRUCTION = "Give the final answer as <answer>...</answer>."
 # Phrases of the teacher's privileged block: a student response that uses one has leaked it.
-LEAK_PHRASES = ("reference solution", "reference answer", "given answer", "given solution", "provided answer",
-                "provided solution", "the solution says", "the answer given")
+LEAK_PHRASES = ("reference solution", "reference answer", "given answer", "given solution",
+                "provided answer", "provided solution", "the solution says", "the answer given")
 
 
 def student_prompt(question):
@@ -153,7 +161,7 @@ def student_prompt(question):
 
 
 def teacher_prompt(question, answer):
-    """Privileged context (step 4): the question plus the reference answer, same answer format asked."""
+    """Privileged context (step 4): the question plus the reference answer, same answer format."""
     return (f"{question}\nHere is a reference solution: {answer}\n"
             f"Solve the problem in your own way and reach the same answer. {INSTRUCTION}")
 

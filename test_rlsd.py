@@ -97,8 +97,10 @@ def test_rlsd_token_advantages_matches_python():
                 counted += 1
                 low += w < 1 - eps
                 high += w > 1 + eps
-    assert stats["w_clip_low_frac"] == pytest.approx(low / counted)
-    assert stats["w_clip_high_frac"] == pytest.approx(high / counted)
+    assert stats["weighted_tokens"].item() == counted
+    assert stats["clip_low_tokens"].item() == low
+    assert stats["clip_high_tokens"].item() == high
+    assert stats["tokens"].item() == mask.sum().item()
 
 
 def test_lam_zero_is_exactly_grpo_and_huge_delta_stays_finite():
@@ -129,7 +131,8 @@ def test_policy_loss_matches_python():
                 total += min(rho * a, c * a)
                 clipped += c * a < rho * a
     assert loss.item() == pytest.approx(-total / 10, abs=1e-6)
-    assert stats["ratio_clip_frac"] == pytest.approx(clipped / 5)
+    assert stats["ratio_clipped_tokens"].item() == clipped
+    assert stats["tokens"].item() == 5
 
 
 def test_readme_snippet_runs_and_gives_the_rlsd_loss():
@@ -152,7 +155,7 @@ def test_readme_snippet_runs_and_gives_the_rlsd_loss():
                 count += 1
     assert ns["loss"].item() == pytest.approx(-total / count, abs=1e-6)
     assert ns["logits"].grad is not None and ns["logits"].grad.abs().sum() > 0
-    assert ns["stats"]["w_clip_low_frac"] + ns["stats"]["w_clip_high_frac"] > 0  # the weights are active
+    assert ns["stats"]["clip_low_tokens"] + ns["stats"]["clip_high_tokens"] > 0  # the weights are active
 
 
 def test_module_layers_have_no_import_circle_and_nothing_below_train_imports_it():
@@ -286,8 +289,58 @@ def test_token_advantages_mix_and_clip_known_deltas():
             assert token_adv[i, t].item() == pytest.approx(want, rel=1e-5, abs=1e-7), (i, t)
     # tokens of responses with A != 0 (7): clipped low: row 0's -1.0 and row 1's +1.0; high: row 0's +1.0 only
     # (row 1's -1.0 is padding)
-    assert st["w_clip_low_frac"] == pytest.approx(2 / 7) and st["w_clip_high_frac"] == pytest.approx(1 / 7)
-    assert st["delta_mean"] == pytest.approx((0.0 + 0.1 - 0.1 + 1.0 + 2.0) / 11, rel=1e-5)
+    assert st["weighted_tokens"].item() == 7
+    assert st["clip_low_tokens"].item() == 2
+    assert st["clip_high_tokens"].item() == 1
+    assert st["tokens"].item() == 11
+    assert st["delta_sum"].item() == pytest.approx(0.0 + 0.1 - 0.1 + 1.0 + 2.0, rel=1e-5)
+
+
+def _rlsd_step(adv, logp_teacher, logp_student, mask, logp):
+    """rlsd.py's two per-micro-batch functions as a trainer calls them."""
+    token_adv, weight_stats = rlsd.rlsd_token_advantages(adv, logp_teacher, logp_student, mask, 0.5, 0.2)
+    loss, loss_stats = rlsd.policy_loss(logp, logp_student, token_adv, mask, 0.2, 0.28, num_tokens=40)
+    return token_adv, weight_stats, loss, loss_stats
+
+
+def _rlsd_step_inputs():
+    g = torch.Generator().manual_seed(0)
+    N, T = 6, 5
+    adv = rlsd.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]), 3)  # a group with A = 0
+    logp_student = -torch.rand(N, T, generator=g) * 3
+    logp_teacher = logp_student + 2 * torch.randn(N, T, generator=g)  # weights clipped both ways
+    mask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=g)).float()
+    logp = (logp_student + 0.3 * torch.randn(N, T, generator=g)).requires_grad_()  # rho != 1
+    return adv, logp_teacher, logp_student, mask, logp
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_rlsd_functions_compile_as_one_graph_with_equal_outputs(backend):
+    """rlsd_token_advantages and policy_loss make no host sync (.item()) and no graph break:
+    torch.compile(fullgraph=True) traces them whole (a .item() would raise here), and the compiled
+    step gives the eager step's token advantages, statistics, loss and gradient. The eager backend
+    checks the tracing alone; inductor also compiles the graph with the CPU C++ compiler."""
+    import shutil
+    if backend == "inductor" and not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("no C++ compiler for inductor's CPU code")
+    torch._dynamo.reset()
+    compiled = torch.compile(_rlsd_step, fullgraph=True, backend=backend)
+    inputs = _rlsd_step_inputs()
+    eager_inputs = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+    got = compiled(*inputs)
+    want = _rlsd_step(*eager_inputs)
+    torch.testing.assert_close(got[0], want[0])
+    for stats_got, stats_want in ((got[1], want[1]), (got[3], want[3])):
+        assert stats_got.keys() == stats_want.keys()
+        for k in stats_want:
+            assert isinstance(stats_got[k], torch.Tensor) and stats_got[k].dim() == 0, k
+            torch.testing.assert_close(stats_got[k], stats_want[k], msg=k)
+    assert want[1]["clip_low_tokens"] > 0 and want[1]["clip_high_tokens"] > 0
+    assert want[3]["ratio_clipped_tokens"] > 0
+    torch.testing.assert_close(got[2], want[2])
+    got[2].backward()
+    want[2].backward()
+    torch.testing.assert_close(inputs[-1].grad, eager_inputs[-1].grad)
 
 
 def test_leak_rate_counts_only_responses_that_mention_the_privileged_block():
@@ -599,8 +652,8 @@ def test_vl_update_runs_each_image_once_per_micro_batch_and_equals_the_per_row_p
         rmask = (torch.arange(T) < torch.randint(1, T + 1, (N, 1), generator=g)).long()
         batch = dict(prompt_ids=ids.repeat_interleave(G, 0), prompt_mask=mask.repeat_interleave(G, 0), resp=resp,
                      resp_mask=rmask, adv=torch.randn(N, generator=g, dtype=torch.float64),
-                     logp_teacher=-torch.rand(N, T, generator=g, dtype=torch.float64),
                      teacher_ids=ids.repeat_interleave(G, 0), teacher_mask=mask.repeat_interleave(G, 0))
+        logp_teacher = -torch.rand(N, T, generator=g, dtype=torch.float64)
         shared = [d for d in per_prompt for _ in range(G)]  # as train.py holds them: a prompt's dict G times
         copies = [{k: v.clone() for k, v in d.items()} for d in shared]
         got = []
@@ -610,7 +663,8 @@ def test_vl_update_runs_each_image_once_per_micro_batch_and_equals_the_per_row_p
                 m.model.visual.register_forward_hook(lambda m, a, k, o: seen.append(len(a[0])), with_kwargs=True)
             opt = torch.optim.SGD(policy.parameters(), lr=1.0)
             stats = train.train_step(policy, opt, {**batch, "images": images}, algo=algo, teacher=teacher,
-                                     micro_batch=4, grad_clip=1e9)
+                                     micro_batch=4, grad_clip=1e9, logp_teacher=logp_teacher,
+                                     lam=0.5 if algo == "rlsd" else 0.0)
             got.append((stats, seen, policy.state_dict()))
         pixels = lambda rows: sum(len(d["pixel_values"]) for d in {id(d): d for d in rows if d}.values())
         per_mb = [pixels(shared[i:i + 4]) for i in range(0, N, 4) if pixels(shared[i:i + 4])]
@@ -1427,14 +1481,16 @@ def _update_worker(rank, world, port, out_file, micro_batch, mode):
     logp_teacher = logp + 0.3 * torch.randn(N, T, generator=g)  # weights away from 1, some clipped
     if mode == "poison":
         adv[0] = float("nan")
-    batch = dict(prompt_ids=p_ids, prompt_mask=p_mask, resp=resp, resp_mask=r_mask, adv=adv,
-                 logp_teacher=None if mode == "grpo" else logp_teacher, images=None)
+    batch = dict(prompt_ids=p_ids, prompt_mask=p_mask, resp=resp, resp_mask=r_mask, adv=adv)
     share = N // world
-    batch = {k: v[rank * share:(rank + 1) * share] if v is not None else None for k, v in batch.items()}
+    batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+    batch["images"] = None
+    logp_teacher = None if mode == "grpo" else logp_teacher[rank * share:(rank + 1) * share]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # SGD, unlike Adam, shows any gradient scale error
     stats = train.train_step(model, opt, batch, algo="grpo" if mode == "grpo" else "rlsd",
                              lam=0.0 if mode in ("lam0", "grpo") else 0.5, eps_w=0.2, clip_low=0.2, clip_high=0.28,
-                             grad_clip=1e9, temperature=1.0, micro_batch=micro_batch, distill_coef=0.0, world=world)
+                             grad_clip=1e9, temperature=1.0, micro_batch=micro_batch, distill_coef=0.0, world=world,
+                             logp_teacher=logp_teacher)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
@@ -1465,12 +1521,16 @@ def test_two_process_fsdp_update_equals_one_process_and_meta_init_equals_plain(t
 
 
 def test_rlsd_step_at_lam_zero_is_exactly_the_grpo_step(tmp_path):
-    """The RLSD path (teacher log-probs given, token weights computed and away from 1) at lam = 0 gives
-    bitwise the GRPO update."""
+    """RLSD at lam = 0 (after the decay; teacher log-probs given, whose weights would be away from 1)
+    gives bitwise the GRPO update, and reports no teacher statistics; at lam = 0.5 the same inputs
+    give another update."""
     lam0 = _run_update(tmp_path, 1, micro_batch=3, mode="lam0")
     grpo = _run_update(tmp_path, 1, micro_batch=3, mode="grpo")
-    assert lam0["stats"]["rlsd/clip_low"] > 0 and lam0["stats"]["rlsd/weight_mean"] != 1  # weights computed
-    assert {k: v for k, v in lam0["stats"].items() if not k.startswith("rlsd/")} == grpo["stats"]
+    rlsd_half = _run_update(tmp_path, 1, micro_batch=3, mode="rlsd")
+    assert rlsd_half["stats"]["rlsd/clip_low"] > 0 and rlsd_half["stats"]["rlsd/weight_mean"] != 1
+    assert lam0["stats"] == grpo["stats"]
+    assert not any(k.startswith("rlsd/") for k in lam0["stats"])
+    assert any(not torch.equal(rlsd_half["sd"][k], grpo["sd"][k]) for k in grpo["sd"])
     for k in lam0["sd"]:
         assert torch.equal(lam0["sd"][k], grpo["sd"][k]), k
 
@@ -1674,6 +1734,9 @@ def test_stop_and_resume_equals_an_uninterrupted_run_on_two_processes(tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
     a, b = read_metrics(whole), read_metrics(part)
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    assert "  keep_last=0  " in res.stdout and "  dump_credit=0  " in res.stdout  # zero values are settings too
+    # the resumed run's last line names the step-0 accuracy, read back from metrics.jsonl
+    assert f"eval/accuracy {b[0]['eval/accuracy']} -> {b[-1]['eval/accuracy']};" in res.stdout, res.stdout[-500:]
     assert [NOT_TIMED(r) for r in a[3:]] == [NOT_TIMED(r) for r in b[3:]]  # steps 3 and 4, exactly
     assert json.loads((part / "args.json").read_text())["steps"] == 4
 
@@ -1722,15 +1785,16 @@ sys.exit(train.main(sys.argv[1:]))
 STOPPABLE = RUN + ["--eval_size", "0", "--micro_batch", "2", "--max_new_tokens", "24", "--save_every", "0"]
 
 
-def run_with_stop(tmp_path, out, where, rank, launcher):
+def run_with_stop(tmp_path, out, where, rank, launcher, extra=()):
     (tmp_path / "stop_at.py").write_text(STOP_AT)
     env = dict(os.environ, STOP_IN=where, STOP_STEP="2", STOP_RANK=str(rank), PYTHONPATH=HERE)
-    res = subprocess.run([*launcher, str(tmp_path / "stop_at.py"), *STOPPABLE, "--steps", "3", "--out", str(out)],
-                         cwd=HERE, capture_output=True, text=True, timeout=600, env=env)
+    res = subprocess.run([*launcher, str(tmp_path / "stop_at.py"), *STOPPABLE, *extra, "--steps", "3",
+                          "--out", str(out)], cwd=HERE, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
     lines = [l for l in res.stderr.splitlines() if "abandoned" in l]
     assert len(lines) == 1 and lines[0].startswith("SIGTERM: step 2 abandoned; checkpoint-1 complete "), lines
-    assert "--resume --out" in lines[0] and sorted(os.listdir(out)) == ["args.json", "checkpoint-1", "metrics.jsonl"]
+    files = {"args.json", "checkpoint-1", "metrics.jsonl"} | ({"credit.jsonl"} if extra else set())
+    assert "--resume --out" in lines[0] and set(os.listdir(out)) == files
     res = subprocess.run([*launcher, "train.py", "--resume", "--out", str(out)], cwd=HERE, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -1757,15 +1821,20 @@ def test_a_stop_in_the_first_update_leaves_a_resumable_checkpoint(tmp_path):
 def test_a_stop_abandons_the_step_and_resume_replays_it_exactly(tmp_path):
     """2 processes; SIGTERM to one rank only, during the rollout (the other rank is mid-decode) and
     between update micro-batches: checkpoint-1 as of step 2's start, one line, and the resumed run's
-    steps 2 and 3 equal an uninterrupted run's, value for value."""
+    steps 2 and 3 equal an uninterrupted run's, value for value. credit.jsonl too: the rows the
+    abandoned step 2 wrote (its teacher pass ran before the stop in its update) are dropped on resume."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
-    res = subprocess.run([*torchrun, "train.py", *STOPPABLE, "--steps", "3", "--out", str(tmp_path / "whole")],
+    credit = ["--dump_credit", "2"]
+    res = subprocess.run([*torchrun, "train.py", *STOPPABLE, *credit, "--steps", "3", "--out", str(tmp_path / "whole")],
                          cwd=HERE, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     whole = [NOT_TIMED(r) for r in read_metrics(tmp_path / "whole")]
+    whole_credit = (tmp_path / "whole" / "credit.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in whole_credit] == [1, 1, 2, 2, 3, 3]
     for where, rank in (("rollout", 1), ("update", 0)):
-        part = run_with_stop(tmp_path, tmp_path / where, where, rank, torchrun)
+        part = run_with_stop(tmp_path, tmp_path / where, where, rank, torchrun, extra=credit)
         assert [NOT_TIMED(r) for r in part] == whole, where
+        assert (tmp_path / where / "credit.jsonl").read_text().splitlines() == whole_credit, where
 
 
 @pytest.mark.slow
@@ -2406,3 +2475,190 @@ def test_training_on_the_built_in_task_raises_the_reward(tmp_path):
     reward = [r["train/reward"] for r in recs[1:]]
     first, last = statistics.mean(reward[:5]), statistics.mean(reward[-5:])
     assert last > first + 0.05, reward
+
+
+# ----------------------------------------------------------------------------- the sampler's pieces
+SLOT_PROMPTS = [[3, 4, 5, 6], [7, 8], [9, 10, 11], [12, 13, 14, 15, 16]]
+
+
+def plain_prefill(model, prompt):
+    """Logits [V] after `prompt` and its cache's keys [layers][H, len, D], by a plain forward."""
+    ids = torch.tensor([prompt])
+    out = model(input_ids=ids, use_cache=True)
+    keys = [layer.keys[0] for layer in out.past_key_values.layers]
+    return out.logits[0, -1], keys
+
+
+def admitted(model, prompts, n, slots, max_new=6):
+    """A Slots state with prompts [0, len(prompts)) admitted, n rows each, into `slots` slots."""
+    ids, mask = sample.left_pad(prompts, 0)
+    state = sample.empty_slots(slots, ids.shape[1] + max_new, mask)
+    k = slots // n
+    sample.admit(model, state, ids, mask, torch.arange(k), torch.arange(slots), n, {})
+    return state, ids, mask
+
+
+@torch.no_grad()
+def test_admit_puts_each_prompt_once_into_its_n_slots_and_logits_equal_a_plain_forward():
+    model = tiny_model()
+    state, ids, mask = admitted(model, SLOT_PROMPTS[:2], n=3, slots=6)
+    w = 4  # the longest prompt: all-pad columns trimmed
+    assert state.rows.tolist() == [0, 1, 2, 3, 4, 5]
+    assert not state.done.any()
+    assert state.t == 0 and state.col == w and state.width == w  # lock-step: one int for all slots
+    assert state.att[:, :w].tolist() == [[1, 1, 1, 1]] * 3 + [[0, 0, 1, 1]] * 3
+    assert not state.att[:, w:].any()
+    assert state.pos[:, 0].tolist() == [4, 4, 4, 2, 2, 2]
+    for slot in range(6):
+        prompt = SLOT_PROMPTS[slot // 3]
+        logits, keys = plain_prefill(model, prompt)
+        torch.testing.assert_close(state.logits[slot], logits)
+        for layer, want in zip(state.cache.layers, keys):
+            got = layer.k_buf[slot, :, w - len(prompt):w]  # the prompt's columns (left-padded)
+            torch.testing.assert_close(got, want)
+
+
+@torch.no_grad()
+def test_a_refill_gives_slots_their_own_columns_and_leaves_the_other_slots_alone():
+    model = tiny_model()
+    state, ids, mask = admitted(model, SLOT_PROMPTS[:2], n=2, slots=4)
+    ids, mask = sample.left_pad(SLOT_PROMPTS, 0)
+    tok = torch.tensor([20, 21, 22, 23])
+    sample.decode(model, state, tok)
+    sample.decode(model, state, tok)
+    before = [layer.k_buf.clone() for layer in state.cache.layers]
+    state.t = 2
+    state.done[2:] = True  # prompt 1's rows finished: their slots take prompt 3
+    sample.admit(model, state, ids, mask, torch.tensor([3]), torch.tensor([2, 3]), 2, {})
+    assert state.rows.tolist() == [0, 1, 6, 7]  # prompt 3's rows are 6 and 7
+    assert state.t.tolist() == [2, 2, 0, 0]
+    assert state.col.tolist() == [6, 6, 5, 5]  # 4 + 2 decoded; prompt 3 has 5 tokens
+    assert not state.done.any()
+    assert state.width == 6
+    assert state.att[2].tolist()[:6] == [1, 1, 1, 1, 1, 0] and not state.att[2, 6:].any()
+    logits, keys = plain_prefill(model, SLOT_PROMPTS[3])
+    torch.testing.assert_close(state.logits[3], logits)
+    for layer, old, want in zip(state.cache.layers, before, keys):
+        assert torch.equal(layer.k_buf[:2], old[:2])  # the decoding slots keep their caches
+        torch.testing.assert_close(layer.k_buf[3, :, :5], want)
+
+
+@torch.no_grad()
+def test_decode_in_lock_step_equals_decode_with_a_column_per_slot():
+    """The plain-slice path (one int column) and the per-slot path write the same caches and give
+    the same logits."""
+    model = tiny_model()
+    one, _, _ = admitted(model, SLOT_PROMPTS, n=1, slots=4)
+    each, _, _ = admitted(model, SLOT_PROMPTS, n=1, slots=4)
+    each.col = sample.per_slot(each.col, 4, "cpu")
+    for tok in ([20, 21, 22, 23], [24, 25, 26, 27]):
+        sample.decode(model, one, torch.tensor(tok))
+        sample.decode(model, each, torch.tensor(tok))
+        assert torch.equal(one.logits, each.logits)
+    assert one.col == 7 and each.col.tolist() == [7] * 4
+    assert torch.equal(one.att, each.att)
+    for a, b in zip(one.cache.layers, each.cache.layers):
+        assert torch.equal(a.k_buf, b.k_buf) and torch.equal(a.v_buf, b.v_buf)
+
+
+@torch.no_grad()
+def test_decode_logits_equal_a_plain_forward_of_prompt_and_tokens():
+    model = tiny_model()
+    state, _, _ = admitted(model, SLOT_PROMPTS, n=1, slots=4)
+    sample.decode(model, state, torch.tensor([20, 21, 22, 23]))
+    sample.decode(model, state, torch.tensor([24, 25, 26, 27]))
+    for row, prompt in enumerate(SLOT_PROMPTS):
+        logits, _ = plain_prefill(model, prompt + [20 + row, 24 + row])
+        torch.testing.assert_close(state.logits[row], logits)
+
+
+@torch.no_grad()
+def test_retire_keeps_exactly_the_unfinished_rows_and_their_caches():
+    model = tiny_model()
+    state, _, _ = admitted(model, SLOT_PROMPTS, n=1, slots=4)
+    sample.decode(model, state, torch.tensor([20, 21, 22, 23]))
+    before = [layer.k_buf.clone() for layer in state.cache.layers]
+    att = state.att.clone()
+    pos = state.pos.clone()
+    state.done = torch.tensor([False, True, False, True])
+    tok = sample.retire(state, torch.tensor([26, 27, 28, 29]))
+    assert tok.tolist() == [26, 28]
+    assert state.rows.tolist() == [0, 2]
+    assert not state.done.any()
+    assert torch.equal(state.att, att[[0, 2]])
+    assert torch.equal(state.pos, pos[[0, 2]])
+    assert state.col == 6  # still in lock-step (5 prompt columns, 1 decoded)
+    for layer, old in zip(state.cache.layers, before):
+        assert torch.equal(layer.k_buf, old[[0, 2]])
+    sample.decode(model, state, tok)  # the kept rows decode on as if alone
+    for row, slot in ((0, 0), (2, 1)):
+        logits, _ = plain_prefill(model, SLOT_PROMPTS[row] + [20 + row, 26 + row])
+        torch.testing.assert_close(state.logits[slot], logits)
+    state.done[:] = True
+    assert len(sample.retire(state, tok)) == 0
+
+
+def test_record_writes_pad_and_zero_once_done_and_marks_eos_and_budget():
+    state = sample.empty_slots(3, 10, torch.ones(3, 4, dtype=torch.long))
+    state.rows = torch.tensor([4, 0, 2])
+    state.done = torch.tensor([False, True, False])
+    state.t = 1
+    out = torch.full((6, 4), -1)
+    out_logp = torch.zeros(6, 4, dtype=torch.float64)
+    lp = torch.tensor([-0.5, -1.5, -2.5], dtype=torch.float64)
+    eos = torch.tensor([7])
+    fed = sample.record(state, out, out_logp, torch.tensor([5, 6, 7]), lp, eos, 9, 3)
+    assert fed.tolist() == [5, 9, 7]
+    assert out[:, 1].tolist() == [9, -1, 7, -1, 5, -1]
+    assert out_logp[:, 1].tolist() == [0.0, 0.0, -2.5, 0.0, -0.5, 0.0]
+    assert state.t == 2
+    assert state.done.tolist() == [False, True, True]
+    sample.record(state, out, out_logp, torch.tensor([5, 6, 8]), lp, eos, 9, 3)
+    assert state.t == 3 and state.done.all()  # the budget
+    state.t = torch.tensor([0, 2, 3])  # a column per slot
+    state.done = torch.tensor([False, False, True])
+    sample.record(state, out, out_logp, torch.tensor([1, 2, 3]), lp, eos, 9, 3)
+    assert out[4, 0] == 1 and out[0, 2] == 2 and out[2, 3] == 9
+    assert state.t.tolist() == [1, 3, 3] and state.done.tolist() == [False, True, True]
+
+
+def test_sample_step_never_draws_a_banned_id_and_gives_the_policy_log_prob():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 8)
+    logits[:, 3] = 10.0  # the favourite, but banned
+    gen = torch.Generator().manual_seed(0)
+    tok, lp = sample.sample_step(logits, torch.tensor([3]), 0.7, 1.0, gen)
+    assert tok.shape == (5,) and not (tok == 3).any()
+    assert torch.equal(lp, rlsd.token_logprobs(logits[:, None], tok[:, None], 0.7)[:, 0])
+    greedy, _ = sample.sample_step(logits, None, 0, 1.0, None)
+    assert (greedy == 3).all()
+
+
+def test_columns_are_one_int_until_they_become_one_per_slot():
+    assert sample.next_column(4, 5) == 5 and sample.next_column(5, 5) == 5
+    assert sample.next_column(torch.tensor([3, 5]), 5).tolist() == [4, 5]
+    assert sample.per_slot(2, 3, "cpu").tolist() == [2, 2, 2]
+    x = torch.zeros(2, 4)
+    x[sample.slot_index(1)] = 1
+    x[sample.slot_index(torch.tensor([0, 3]))] = 2
+    assert x.tolist() == [[2, 1, 0, 0], [0, 1, 0, 2]]
+
+
+@pytest.mark.parametrize("batch, sync_every", [(None, 16), (2, 1), (3, 2)])
+def test_generate_equals_each_prompt_decoded_alone(batch, sync_every):
+    """The pieces together: greedy rows admitted together, refilled and retired equal each prompt
+    decoded alone."""
+    model = tiny_model()
+    ids, mask = sample.left_pad(SLOT_PROMPTS, 0)
+    free, _, _ = sample.generate(model, ids, mask, 7, set(), 0, temperature=0)
+    eos = {int(free[0, 1]), int(free[2, 4])}  # rows end at different steps
+    resp, rmask, _ = sample.generate(model, ids, mask, 7, eos, 0, temperature=0, batch=batch,
+                                     sync_every=sync_every)
+    assert len(set(rmask.sum(1).tolist())) > 1
+    for row, prompt in enumerate(SLOT_PROMPTS):
+        ones = torch.ones(1, len(prompt), dtype=torch.long)
+        alone, amask, _ = sample.generate(model, torch.tensor([prompt]), ones, 7, eos, 0,
+                                          temperature=0)
+        n = int(amask.sum())
+        assert int(rmask[row].sum()) == n
+        assert resp[row, :n].tolist() == alone[0, :n].tolist()
