@@ -237,6 +237,21 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, logp_teacher=None, te
 
 
 @torch.no_grad()
+def update_batch(roll, adv, images, G, teacher_prompts=None):
+    """The update's rows: each prompt repeated for its G responses, with their advantages [N].
+    teacher_prompts (ids, mask) [B, P'], for OPSD, which scores each response under its teacher
+    prompt in the update, are repeated the same way."""
+    batch = dict(prompt_ids=roll["prompt_ids"].repeat_interleave(G, 0),  # [N, P]
+                 prompt_mask=roll["prompt_mask"].repeat_interleave(G, 0),
+                 resp=roll["resp"], resp_mask=roll["resp_mask"], adv=adv,
+                 images=[per_prompt for per_prompt in images for _ in range(G)])
+    if teacher_prompts is not None:
+        t_ids, t_mask = teacher_prompts
+        batch["teacher_ids"] = t_ids.repeat_interleave(G, 0)  # [N, P']
+        batch["teacher_mask"] = t_mask.repeat_interleave(G, 0)
+    return batch
+
+
 def sync_teacher(teacher, model):
     """teacher <- policy (both sharded alike: each rank copies its shards)."""
     for pt, ps in zip(teacher.parameters(), model.parameters()):
@@ -489,13 +504,8 @@ def main(argv=None):
             times["teacher"] = time.time()
 
             # ---- 5-9. token advantages and the policy update; then the teacher refresh
-            batch = dict(prompt_ids=roll["prompt_ids"].repeat_interleave(G, 0),  # [N, P]
-                         prompt_mask=roll["prompt_mask"].repeat_interleave(G, 0),
-                         resp=roll["resp"], resp_mask=roll["resp_mask"], adv=adv,
-                         images=[per_prompt for per_prompt in images for _ in range(G)])
-            if distill:  # OPSD scores each response under its teacher prompt in the update
-                batch["teacher_ids"] = t_ids.repeat_interleave(G, 0)
-                batch["teacher_mask"] = t_mask.repeat_interleave(G, 0)
+            teacher_prompts = (t_ids, t_mask) if distill else None
+            batch = update_batch(roll, adv, images, G, teacher_prompts)
             stats = train_step(model, opt, batch, lam=lam, logp_teacher=logp_teacher,
                                teacher=teacher, poll=run.safe_point, **update)
             if args.algo == "rlsd" and args.teacher_sync and step % args.teacher_sync == 0:
