@@ -21,6 +21,7 @@ plan.
    with and without --keep_gathered.
 """
 import argparse
+import math
 import contextlib
 import os
 import time
@@ -35,6 +36,7 @@ import rlsd
 import sample
 import toy
 import train
+from cli import ArgumentParser, UserError, entry_point
 from logprobs import CHUNK
 from memory import (GiB, PRESETS, kv_bytes_per_token, largest_gen_batch, memory_plan, n_params,
                     shape_of)
@@ -558,9 +560,9 @@ def bench_update(profile=False, world=2, prompts=2, G=8, prompt_len=48, new_toke
 
 # ---- main
 
+@entry_point
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["rollout", "step", "memory", "update"])
     p.add_argument("--profile", action="store_true",
                    help="with --only update: the update's profile, by operator")
@@ -573,6 +575,13 @@ def main():
     p.add_argument("--micro_batch", type=int, default=4)
     p.add_argument("--gen_batch", type=int, default=None, help="default: the largest that fits")
     args = p.parse_args()
+    at_least_one = ["gpus", "prompt_len", "response_len", "micro_batch", "gen_batch"]
+    for flag in at_least_one:
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag} must be at least 1, got {value}")
+    if not args.gpu_mem > 0 or math.isinf(args.gpu_mem):
+        raise UserError(f"--gpu_mem must be a positive number of GB, got {args.gpu_mem}")
     if args.plan:
         print_plan(args.plan, args.gpus, args.gpu_mem, args.prompt_len, args.response_len,
                    args.micro_batch, args.gen_batch)

@@ -36,6 +36,14 @@ def write_torchelastic_error(path, line):
         json.dump({"message": {"message": line, "extraInfo": extra_info}}, f)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown flag, a value of the wrong type) are one line
+    `error: ...` and exit 2, not its usage text."""
+
+    def error(self, message):
+        fail(f"{message} (python {self.prog} --help lists the flags)")
+
+
 def gen_batch_arg(v):
     """--gen_batch: a number of rows, or "auto"."""
     if v == "auto":
@@ -94,6 +102,8 @@ def read_jsonl(path):
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{n}: JSON nested too deeply to read") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object")
         yield n, row

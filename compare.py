@@ -16,8 +16,9 @@ import statistics
 import subprocess
 import sys
 
+import flags
 import plot
-from cli import entry_point, fail
+from cli import ArgumentParser, UserError, entry_point, fail
 
 ACCURACY = "eval/accuracy"
 TABLE_HEAD = [
@@ -97,10 +98,10 @@ def seed_means(runs, keys):
 
 def parse_args():
     """The command line; --out defaults to compare-TASK."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="pairs")
-    p.add_argument("--algos", nargs="+", default=["rlsd", "grpo", "opsd"])
+    p.add_argument("--algos", nargs="+", default=["rlsd", "grpo", "opsd"],
+                   choices=["rlsd", "grpo", "opsd", "grpo+opsd"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--eval_every", type=int, default=10)
@@ -109,6 +110,14 @@ def parse_args():
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     args = p.parse_args()
     args.out = args.out or f"compare-{args.task}"
+    for flag in ("steps", "eval_every", "nproc"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    # the train.py flags after --, checked as train.py checks them, before any run starts
+    train_args = flags.parse_args(["--task", args.task, "--steps", str(args.steps), *args.extra])
+    flags.check_args(train_args, args.nproc)
+    if train_args.eval_size < 1:
+        raise UserError("the table needs held-out accuracy: --eval_size must be at least 1")
     return args
 
 

@@ -1,10 +1,10 @@
 """Training data: JSONL rows and images, checked before any model loads; the held-out split; the
 prompts as token ids.
 
-A row: question (`question` | `problem` | `prompt`), answer (`answer` | `solution`, whose \\boxed{}
-or <answer> is the reference), optional images (`images` | `image`: paths relative to the file;
-`<image>` in the question marks where each goes) and options (`options` | `choices`: texts of
-choices A, B, ...).
+A row: question (`question` | `problem` | `prompt`), answer (`answer`: the reference as written,
+less an <answer> or \\boxed{} marking it | `solution`: a worked solution, whose final answer is the
+reference), optional images (`images` | `image`: paths relative to the file; `<image>` in the
+question marks where each goes) and options (`options` | `choices`: texts of choices A, B, ...).
 """
 import os
 import random
@@ -12,7 +12,7 @@ import random
 from cli import UserError, read_jsonl
 from hf import format_prompt, prompt_ids
 from rlsd import student_prompt, teacher_prompt
-from verify import extract_answer
+from verify import reference_answer
 
 QUESTION_KEYS = ("question", "problem", "prompt")  # the first a row has is its question
 ANSWER_KEYS = ("answer", "solution")  # the first a row has is its answer
@@ -48,12 +48,14 @@ def parse_row(row, where, root, allow_abs_paths):
         raise UserError(f"{where}: {n_markers} <image> markers for {len(images)} images")
     checked = [check_image(where, root, item, allow_abs_paths) for item in images]
     options = options_of(row, where)
-    reference = extract_answer(str(answer))
+    reference = reference_answer(answer, solution=answer_key == "solution")
     if answer_key == "solution" and reference is None:
         raise UserError(f"{where}: no final answer found in 'solution' "
                         f"(end it with \\boxed{{...}} or give an 'answer')")
+    if not reference:
+        raise UserError(f"{where}: the answer's <answer> or \\boxed{{}} is empty")
     parsed = {"question": question,
-              "answer": reference or str(answer),
+              "answer": reference,
               "where": where,
               "images": [path for path, _ in checked],
               "image_sizes": [size for _, size in checked]}
@@ -101,9 +103,11 @@ def check_image(where, root, item, allow_abs_paths):
                         f"(--allow_abs_paths allows it)")
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.verify()  # the file's structure (verify leaves the image unusable: opened again)
+        with Image.open(path) as im:
+            im.load()  # every pixel decoded: a truncated or damaged file fails here, not in step 1
             return path, im.size
-    except Exception as e:  # missing, unreadable, or not an image
+    except Exception as e:  # missing, unreadable, truncated, or not an image
         reason = getattr(e, "strerror", None) or e
         raise UserError(f"{where}: cannot read image {item}: {reason}") from None
 
@@ -154,6 +158,11 @@ def student_and_teacher_ids(proc, row, image_sizes, template_kwargs):
         formatted = format_prompt(proc, text, len(image_sizes), **template_kwargs)
         return prompt_ids(proc, formatted, image_sizes)
 
-    student_ids = ids_of(student_prompt(row["question"]))
+    try:
+        student_ids = ids_of(student_prompt(row["question"]))
+    except ValueError as e:  # the image processor refuses a size (a 1 x 400 image's aspect ratio)
+        sizes = ", ".join(f"{w} x {h}" for w, h in image_sizes)
+        where = row.get("where", "a row")
+        raise UserError(f"{where}: the image processor refuses its image ({sizes}): {e}") from None
     teacher_ids = ids_of(teacher_prompt(row["question"], row["answer"]))
     return student_ids, teacher_ids

@@ -1,12 +1,14 @@
 """train.py's flags: the paper's and the toy presets, parsing (with --resume's saved settings),
 and the range checks that turn a bad value into a one-line error before anything is loaded."""
 import argparse
+import os
 
 import torch
 
+import hf
 import rundir
 import toy
-from cli import UserError, gen_batch_arg, json_object
+from cli import ArgumentParser, UserError, gen_batch_arg, json_object
 
 # ----------------------------------------------------------------------------- arguments
 # Flags left at None take the paper's value with --model, the toy value without it (or tiny-vl).
@@ -41,7 +43,7 @@ TINY_VL = dict(TOY, lr=5e-4, prompts_per_step=32, eval_size=128, steps=150, warm
 
 def parse_args(argv=None, description=None):
     """The flags of argv (default: sys.argv); description: what --help prints above them."""
-    p = argparse.ArgumentParser(description=description,
+    p = ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=None,
@@ -136,8 +138,7 @@ def parse_args(argv=None, description=None):
         raise UserError("--resume continues the run in --out, --overwrite replaces it: give one")
     if args.resume:  # the stopped run's settings, with the flags given now on top
         path = rundir.find_checkpoint(args.resume, args.out)
-        settings = rundir.saved_state(path)["args"]
-        settings.update({k: getattr(args, k) for k in explicit})
+        settings = resumed_settings(path, args, explicit)
         settings["resume"] = path
         args = argparse.Namespace(**settings)
 
@@ -150,6 +151,30 @@ def parse_args(argv=None, description=None):
     if args.dtype is None:
         args.dtype = "bf16" if torch.cuda.is_available() else "fp32"
     return args
+
+
+def resumed_settings(path, args, explicit):
+    """The settings of the run that saved checkpoint `path`, with the `explicit` flags of `args`
+    on top; UserError for a flag the checkpoint predates or a change the checkpoint cannot take."""
+    saved = rundir.saved_state(path)["args"]
+    if "algo" in explicit and args.algo != saved.get("algo"):
+        raise UserError(f"--resume: --algo {args.algo}, but {path} was saved by an --algo "
+                        f"{saved.get('algo')} run (its teacher and optimizer state are that "
+                        f"run's): start a new run with --init_from {path}")
+    if not os.path.isfile(os.path.join(args.out, "metrics.jsonl")):
+        run_dir = os.path.dirname(os.path.abspath(path))
+        raise UserError(f"--resume {path}: --out {args.out} holds no metrics.jsonl; give the run's "
+                        f"directory, --out {run_dir}")
+    settings = {}
+    for flag, value in vars(args).items():
+        if flag in explicit:
+            settings[flag] = value
+        elif flag in saved:
+            settings[flag] = saved[flag]
+        else:  # a flag added after the checkpoint was saved: its default may not be that run's
+            raise UserError(f"--resume: {path} was saved before --{flag} existed: give --{flag} "
+                            f"(default: {value}) to resume it")
+    return settings
 
 
 FLAG_RANGES = {  # flag: the interval its value must lie in ("[" and "]" include the bound)
@@ -212,6 +237,11 @@ def check_args(args, world):
         value = getattr(args, flag)
         if value is not None and not in_interval(value, interval):
             raise UserError(f"--{flag} must be in {interval}, got {value}")
+    reserved = sorted(set(args.chat_template_kwargs) & set(hf.TEMPLATE_ARGUMENTS))
+    if reserved:
+        raise UserError(f"--chat_template_kwargs: {reserved[0]} is set by the trainer (prompts are "
+                        "formatted as text ending in the assistant's turn); give only the "
+                        "template's own variables, e.g. {\"enable_thinking\": false}")
     if args.prompts_per_step < world:
         raise UserError(f"{world} processes but only {args.prompts_per_step} prompts per step: "
                         "each process needs one")

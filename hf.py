@@ -8,6 +8,7 @@ Qwen-VL model's own 3-D M-RoPE positions (get_rope_index).
 import contextlib
 import json
 import os
+import re
 
 import torch
 
@@ -36,7 +37,10 @@ def tokenizer_of(proc):
 def check_model(name, flag):
     """A model dir with a config.json, or a hub id whose config.json the hub or the local cache
     has; else UserError."""
-    if name in (None, "tiny-vl") or is_model_dir(name):
+    if name in (None, "tiny-vl"):
+        return
+    if is_model_dir(name):
+        check_weights(name, flag)
         return
     if os.path.isdir(name):
         raise UserError(f"{flag} {name}: a directory without config.json (not a saved model)")
@@ -45,17 +49,53 @@ def check_model(name, flag):
     check_hub_config(name, flag)
 
 
+def check_weights(directory, flag):
+    """UserError unless every *.safetensors file in `directory` is whole: its header reads and its
+    size covers the tensors the header lists (a copy cut short fails here, before any loading)."""
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".safetensors"):
+            continue
+        path = os.path.join(directory, name)
+        problem = safetensors_problem(path)
+        if problem:
+            raise UserError(f"{flag} {directory}: {name} is damaged ({problem}); copy or save the "
+                            f"model again")
+
+
+def safetensors_problem(path):
+    """What is wrong with a safetensors file (None if nothing): its layout is an 8-byte header
+    length N, N bytes of JSON ({name: {data_offsets: [begin, end]}, ...}), then the data."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, no header"
+        header_len = int.from_bytes(head, "little")
+        if 8 + header_len > size:
+            return f"{size} bytes, shorter than its {header_len}-byte header"
+        try:
+            header = json.loads(f.read(header_len))
+            ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            return "its header is not valid"
+    needed = 8 + header_len + max(ends, default=0)
+    if size < needed:
+        return f"{size} bytes of the {needed} its header lists"
+    return None
+
+
 def is_model_dir(name):
     """Whether `name` is a directory holding a config.json."""
     return os.path.isdir(name) and os.path.isfile(os.path.join(name, "config.json"))
 
 
 def looks_like_hub_id(name):
-    """Whether `name` reads as `owner/model` rather than a local path."""
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+    """Whether `name` reads as a hub id, `owner/model` or a one-word legacy id (`gpt2`), rather
+    than a local path."""
+    if not re.fullmatch(r"[\w-][\w.-]*(/[\w-][\w.-]*)?", name):
         return False
     owner = name.split("/")[0]
-    return not os.path.isdir(owner)
+    return "/" not in name or not os.path.isdir(owner)
 
 
 def check_hub_config(name, flag):
@@ -67,8 +107,8 @@ def check_hub_config(name, flag):
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if constants.HF_HUB_OFFLINE and not cached:
-        raise UserError(f"{flag} {name}: not in the local Hugging Face cache, "
-                        f"and HF_HUB_OFFLINE is set")
+        raise UserError(f"{flag} {name}: no such directory, and not in the local Hugging Face "
+                        f"cache (HF_HUB_OFFLINE is set)")
     if constants.HF_HUB_OFFLINE:
         return
     # one request, so that a bad id or no network fails here and not in transformers' retry loop
@@ -81,7 +121,8 @@ def check_hub_config(name, flag):
             return
         message_lines = str(e).splitlines() or [type(e).__name__]
         why = message_lines[0][:120]
-        raise UserError(f"{flag} {name}: cannot read its config.json from the Hugging Face hub "
+        raise UserError(f"{flag} {name}: no such directory, and cannot read its config.json "
+                        f"from the Hugging Face hub "
                         f"({why}); download it first (hf download {name}), or set "
                         f"HF_HUB_OFFLINE=1 to use the local cache") from None
 
@@ -95,13 +136,32 @@ def load_spec(path, trust_remote_code=False):
     import transformers
     from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
     remote = {"trust_remote_code": trust_remote_code}
-    config = transformers.AutoConfig.from_pretrained(path, **remote)
-    dtype = saved_dtype(config)
-    if not is_vision_model(config):
-        return transformers.AutoTokenizer.from_pretrained(path, **remote), config, dtype
-    processor_class = getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])
-    proc = image_only(processor_class).from_pretrained(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **remote)
+        dtype = saved_dtype(config)
+        if not is_vision_model(config):
+            return transformers.AutoTokenizer.from_pretrained(path, **remote), config, dtype
+        processor_class = getattr(transformers, PROCESSOR_MAPPING_NAMES[config.model_type])
+        proc = image_only(processor_class).from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged config or tokenizer file
+        raise UserError(f"{path}: cannot load its config or tokenizer ({first_line(e)})") from None
     return proc, config, dtype
+
+
+def load_weights(config, path, **kwargs):
+    """The model of `config` with the weights of the model directory or hub id `path`; UserError if
+    they do not load (damaged, or not this config's)."""
+    from safetensors import SafetensorError
+    try:
+        return model_class(config).from_pretrained(path, **kwargs)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise UserError(f"{path}: cannot load its weights ({first_line(e)})") from None
+
+
+def first_line(error):
+    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0][:200]
 
 
 def saved_dtype(config):
@@ -174,6 +234,12 @@ def vision_token_ids(config):
 
 
 # ----------------------------------------------------------------------------- prompts and images
+# apply_chat_template's own arguments, set by format_prompt: not for --chat_template_kwargs
+TEMPLATE_ARGUMENTS = ("conversation", "tokenize", "add_generation_prompt", "continue_final_message",
+                      "return_dict", "return_tensors", "return_assistant_tokens_mask", "padding",
+                      "truncation", "max_length", "tokenizer_kwargs")
+
+
 def format_prompt(proc, text, n_images=0, **template_kwargs):
     """One user turn with n_images images through the chat template (or the raw text, without
     a template)."""

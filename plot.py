@@ -7,7 +7,6 @@ eval/accuracy) gets markers too.
 credit_html / credit_png draw one response's token credit (the paper's case-study figure): each
 token on a box coloured by its weight w_t = exp(sign(A) Delta_t) (blue > 1: more of the advantage,
 red < 1: less), Delta_t under it."""
-import argparse
 import functools
 import html
 import math
@@ -16,7 +15,7 @@ import statistics
 
 from PIL import Image, ImageDraw, ImageFont
 
-from cli import UserError, entry_point, read_jsonl
+from cli import ArgumentParser, UserError, entry_point, read_jsonl
 
 DEFAULT_KEYS = ["train/reward", "eval/accuracy", "policy/entropy", "train/response_len"]
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -73,9 +72,14 @@ def read_metrics(run_dir):
     return [row for _, row in read_jsonl(path)]
 
 
+PLOTTABLE = 1e300  # a larger |value| is drawn as inf is, not at all: the axes' range would overflow
+
+
 def is_number(v):
-    """A finite int or float (not a bool, None or NaN)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A plottable int or float: not a bool, None, NaN, inf, nor beyond +-PLOTTABLE."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    return abs(v) < PLOTTABLE
 
 
 def trailing_mean(values, n):
@@ -442,7 +446,7 @@ def run_labels(run_dirs, labels):
 @entry_point
 def main(argv=None):
     description = "Training curves of runs (their metrics.jsonl) as a PNG."
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     p.add_argument("runs", nargs="+", help="run directories (or metrics .jsonl files)")
     p.add_argument("-o", "--out", default="curves.png")
     p.add_argument("--keys", nargs="+", default=DEFAULT_KEYS)

@@ -26,7 +26,9 @@ import time
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict,
                                                      set_model_state_dict,
@@ -35,12 +37,13 @@ from tqdm import tqdm
 
 import data
 from cli import UserError
-from hf import tokenizer_of, write_video_config
+from hf import first_line, tokenizer_of, write_video_config
 from parallel import all_reduce_sum
 from rlsd import log_evidence_weight
 from stop import STOP, Stopped, agree, poll, store, tell_others
 
 RUN_FILES = ("metrics.jsonl", "args.json", "final")  # besides checkpoint-N: what marks a run
+STATE_KEYS = ("step", "order", "bad", "args", "id")  # what trainer/state.json must hold
 
 
 # ------------------------------------------------------------------- before anything is loaded
@@ -56,13 +59,15 @@ def check_out(out, resume, overwrite):
             listed += ", ..."
         raise UserError(f"--out {out} holds another run ({listed}): --resume continues it, "
                         "--overwrite replaces it")
-    probe = os.path.join(out, f".write-test-{os.environ.get('RANK', '0')}")
-    try:
-        os.makedirs(out, exist_ok=True)
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"--out {out} is not writable ({e.strerror})") from None
+    # nothing is created yet (a later error must leave no trace): the nearest existing directory
+    # on the way to out must be writable
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--out {out} is not writable ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} is not writable ({existing}: permission denied)")
 
 
 def checkpoint_steps(out):
@@ -87,7 +92,16 @@ def find_checkpoint(resume, out):
 
 def saved_state(path):
     """trainer/state.json of a checkpoint: step, order, bad, pending, args, id."""
-    return json.loads(pathlib.Path(path, "trainer", "state.json").read_text())
+    state_file = pathlib.Path(path, "trainer", "state.json")
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:  # unreadable, cut short, not JSON
+        raise UserError(f"--resume: {state_file} is damaged ({first_line(e)}); resume from an "
+                        "earlier checkpoint (--resume CHECKPOINT_DIR)") from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
+        raise UserError(f"--resume: {state_file} is damaged (not a training state); resume from "
+                        "an earlier checkpoint (--resume CHECKPOINT_DIR)")
+    return state
 
 
 def run_id(model, data_path, eval_path, world):
@@ -138,13 +152,30 @@ def set_rng_states(rng, gen):
 
 def keep_lines_before(path, start):
     """Drop the lines of a JSONL file whose step is start or later (they are redone); return the
-    kept records."""
+    kept records. A last line cut short (a crash while it was written) is dropped, and said so; a
+    damaged line before it is a UserError."""
     if not path.exists():
         return []
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if json.loads(line)["step"] < start]
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = record["step"]
+        except (ValueError, KeyError, TypeError):
+            if n < len(lines):
+                raise UserError(f"--resume: {path}:{n} is damaged (not a metrics line); "
+                                "remove that line and resume again") from None
+            print(f"--resume: {path}:{n}, a line cut short, dropped ({len(line)} characters)")
+            continue
+        if step < start:
+            kept.append(line.rstrip("\n") + "\n")
+            records.append(record)
     path.write_text("".join(kept))
-    return [json.loads(line) for line in kept]
+    return records
 
 
 # ------------------------------------------------------------------- the run, as the loop sees it
@@ -185,12 +216,13 @@ class Run:
         self.abandoned = None  # the step a stop abandoned
         self.saved_at = time.time()
 
+        if args.resume:  # before anything is written: a damaged checkpoint changes nothing
+            self.restore(args.resume)
         if rank == 0:
+            os.makedirs(args.out, exist_ok=True)
             if args.overwrite:  # the earlier run's files go; nothing of it is mixed with this one
                 self.remove_earlier_run()
             pathlib.Path(args.out, "args.json").write_text(json.dumps(vars(args), indent=1))
-        if args.resume:
-            self.restore(args.resume)
         self.log = None
         if rank == 0:
             self.log = open(os.path.join(args.out, "metrics.jsonl"), "a")
@@ -208,13 +240,22 @@ class Run:
         """Weights, optimizer, teacher, RNG states, data order, step: what Run.save wrote. The
         output files keep their lines up to the checkpoint; what came after is redone."""
         sharded = trainer_state(self.model, self.teacher, self.opt)
-        dcp.load(sharded, checkpoint_id=os.path.join(path, "trainer"))
+        rng_file = os.path.join(path, "trainer", f"rng-{self.rank}.safetensors")
+        try:
+            dcp.load(sharded, checkpoint_id=os.path.join(path, "trainer"))
+            rng = load_file(rng_file)
+        except (Exception, CheckpointException) as e:  # damaged or missing files
+            if isinstance(e, CheckpointException):  # its message names ranks; say what failed
+                exception_and_traceback = next(iter(e.failures.values()))
+                e = exception_and_traceback[0]
+            raise UserError(f"--resume {path}: cannot read its training state "
+                            f"({first_line(e)}); resume from an earlier checkpoint "
+                            "(--resume CHECKPOINT_DIR)") from None
         set_model_state_dict(self.model, sharded["model"])
         set_optimizer_state_dict(self.model, self.opt, sharded["optim"])
         if self.teacher is not None:
             set_model_state_dict(self.teacher, sharded["teacher"])
-        rng_file = os.path.join(path, "trainer", f"rng-{self.rank}.safetensors")
-        set_rng_states(load_file(rng_file), self.gen)
+        set_rng_states(rng, self.gen)
         info = saved_state(path)
         self.start = info["step"] + 1
         self.order = info["order"]
@@ -399,6 +440,24 @@ class Run:
         """The model directory at `path`; with `info` (state.json) also the training state in
         path/trainer. Written to path.tmp, renamed when complete."""
         tmp = path + ".tmp"
+        try:
+            self.write_tmp(tmp, info)
+        except (OSError, SafetensorError, CheckpointException) as e:  # a full disk, a quota
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(f"cannot save {path} ({first_line(e)}); the earlier checkpoints are "
+                            "kept: free some space, then resume (--resume)") from None
+        dist.barrier()
+        if self.rank == 0:
+            if os.path.exists(path):  # rewritten (final/, or a checkpoint saved again at a stop):
+                shutil.rmtree(path + ".old", ignore_errors=True)  # the old one goes once the new
+                os.replace(path, path + ".old")  # one is in place
+            os.replace(tmp, path)
+            shutil.rmtree(path + ".old", ignore_errors=True)
+        dist.barrier()
+
+    def write_tmp(self, tmp, info):
+        """save_dir's files, into the directory tmp."""
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
@@ -414,14 +473,6 @@ class Run:
             save_file(rng_states(self.gen), rng_file)
             if self.rank == 0:
                 pathlib.Path(trainer_dir, "state.json").write_text(json.dumps(info))
-        dist.barrier()
-        if self.rank == 0:
-            if os.path.exists(path):  # rewritten (final/, or a checkpoint saved again at a stop):
-                shutil.rmtree(path + ".old", ignore_errors=True)  # the old one goes once the new
-                os.replace(path, path + ".old")  # one is in place
-            os.replace(tmp, path)
-            shutil.rmtree(path + ".old", ignore_errors=True)
-        dist.barrier()
 
     def write_model_dir(self, path, state):
         """A Hugging Face model directory: safetensors weights in the saved dtype, config.json

@@ -13,8 +13,8 @@ CLI: python sample.py CHECKPOINT_DIR "question" [--image PATH] [--n 4] [--temper
                       [--response TEXT]
      python sample.py CHECKPOINT_DIR --eval FILE.jsonl [--n K] [--out results.jsonl]
 """
-import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from cli import UserError, entry_point
-from data import load_jsonl
-from hf import (decode_positions, eos_token_ids, format_prompt, image_inputs, load_spec,
-                model_class, open_image, prompt_ids, rope_positions, tokenizer_of, vision_token_ids)
+from cli import ArgumentParser, UserError, entry_point
+from data import check_image, load_jsonl
+from hf import (check_weights, decode_positions, eos_token_ids, format_prompt, image_inputs,
+                is_vision_model, load_spec, load_weights, open_image, prompt_ids, rope_positions,
+                tokenizer_of, vision_token_ids)
 from logprobs import response_logprobs
 from rlsd import log_evidence_weight, student_prompt, teacher_prompt, token_logprobs
 from verify import extract_answer, reward
@@ -404,13 +405,12 @@ def write_heatmap(path, tok, resp, delta, w, r, question):
     return stem + ".html", stem + ".png"
 
 
-def evaluate_file(model, proc, path, out_path, n, args, device):
-    """Accuracy of a checkpoint on a JSONL of {question, answer[, images, options]}, read as the
-    trainer reads its data (data.load_jsonl: same fields, same errors): greedy (n = 1) or the mean
-    over n samples at --temperature; a response cut off at --max_new_tokens scores 0, as in
-    training. Writes one row per question and sample."""
+def evaluate_file(model, proc, rows, out_path, n, args, device):
+    """Accuracy of a checkpoint on the rows of a JSONL of {question, answer[, images, options]},
+    read as the trainer reads its data (data.load_jsonl: same fields, same errors): greedy (n = 1)
+    or the mean over n samples at --temperature; a response cut off at --max_new_tokens scores 0,
+    as in training. Writes one row per question and sample."""
     tok = tokenizer_of(proc)
-    rows = load_jsonl(path, args.allow_abs_paths)
     total = 0.0
     out = []
     temperature = args.temperature if n > 1 else 0.0
@@ -450,7 +450,7 @@ def evaluate_file(model, proc, path, out_path, n, args, device):
 
 
 def parse_args():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description="Sample from a saved checkpoint, draw RLSD's token credit, or evaluate.")
     p.add_argument("checkpoint",
                    help="a model directory saved by train.py (or any Hugging Face model directory)")
@@ -487,33 +487,56 @@ def parse_args():
     return args
 
 
-@entry_point
-def main():
-    args = parse_args()
+def check_args(args):
+    """One-line errors for what the flags alone show wrong, before anything is loaded."""
     if not os.path.isfile(os.path.join(args.checkpoint, "config.json")):
         raise UserError(f"{args.checkpoint} is not a model directory (no config.json)")
+    check_weights(args.checkpoint, "checkpoint")
     if args.eval is None and args.question is None:
         raise UserError("give a question, or --eval FILE")
     if args.heatmap and not args.reference:
         raise UserError("--heatmap needs --reference (the teacher's privileged answer)")
+    if args.response is not None and not args.heatmap:
+        raise UserError("--response is scored by --heatmap: give --heatmap PATH and --reference")
     if args.eval and not os.path.isfile(args.eval):
         raise UserError(f"--eval: no such file {args.eval}")
+    at_least_one = {"n": args.n, "max_new_tokens": args.max_new_tokens, "batch": args.batch}
+    for flag, value in at_least_one.items():
+        if value < 1:
+            raise UserError(f"--{flag} must be at least 1, got {value}")
+    if not 0 <= args.temperature < math.inf:
+        raise UserError(f"--temperature must be in [0, inf) (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top_p must be in (0, 1], got {args.top_p}")
+
+
+@entry_point
+def main():
+    args = parse_args()
+    check_args(args)
+    rows = None
+    if args.eval:
+        rows = load_jsonl(args.eval, args.allow_abs_paths)  # every row checked, as train.py does
+    images = [check_image("--image", os.getcwd(), path, True)[0] for path in args.image]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     proc, config, _ = load_spec(args.checkpoint, args.trust_remote_code)
-    model = model_class(config).from_pretrained(args.checkpoint,
-                                                trust_remote_code=args.trust_remote_code,
-                                                dtype="auto")
+    with_images = [r["where"] for r in rows or [] if r["images"]]
+    if (images or with_images) and not is_vision_model(config):
+        where = (with_images or ["--image"])[0]
+        raise UserError(f"{where}: an image, but {args.checkpoint} is a text-only model")
+    model = load_weights(config, args.checkpoint, trust_remote_code=args.trust_remote_code,
+                         dtype="auto")
     model = model.to(device).eval()
     tok = tokenizer_of(proc)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if args.eval:
         out = args.out or os.path.splitext(args.eval)[0] + ".results.jsonl"
-        acc, n = evaluate_file(model, proc, args.eval, out, args.n, args, device)
+        acc, n = evaluate_file(model, proc, rows, out, args.n, args, device)
         how = "greedy" if args.n == 1 else f"mean of {args.n} samples"
         print(f"accuracy {acc:.4f} on {n} questions ({how}); per-question results in {out}")
         return
-    images = [open_image(path) for path in args.image]
+    images = [open_image(path) for path in images]
     text = args.question if args.raw else student_prompt(args.question)
     prompt = prompt_ids(proc, format_prompt(proc, text, len(images)), [im.size for im in images])
     ids, mask = left_pad([prompt], tok.pad_token_id)

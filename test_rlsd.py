@@ -5,9 +5,14 @@ import json
 import math
 import os
 import random
+import resource
+import shlex
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -18,7 +23,6 @@ import logprobs
 import memory
 import parallel
 import rlsd
-import rundir
 import sample
 import toy
 import train
@@ -677,6 +681,41 @@ def test_vl_update_runs_each_image_once_per_micro_batch_and_equals_the_per_row_p
         for k, v in got[0][2].items():
             torch.testing.assert_close(v, got[1][2][k])
         assert any(not torch.equal(v, model.state_dict()[k]) for k, v in got[0][2].items() if "visual" in k)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vl_update_reads_the_image(tmp_path):
+    """train.py's update path (update_batch, then train_step) on a tiny VLM: the same rollout with
+    its image perturbed gives another entropy, gradient and update; the same image again, the same
+    ones. Bug caught: the images dropped on the way to the update's forward (update_batch or
+    train_step), which trains on the image tokens' placeholders only."""
+    import copy
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{parallel.free_port()}",
+                            rank=0, world_size=1)
+    try:
+        model, proc = tiny_vl("qwen3", torch.float32)
+        ids, mask, _, images = vl_batch(proc, [("What color is it?", [(64, 64)])])
+        G, T, g = 2, 4, torch.Generator().manual_seed(1)
+        resp = torch.randint(10, 60, (G, T), generator=g)
+        roll = dict(prompt_ids=ids, prompt_mask=mask, resp=resp,
+                    resp_mask=torch.ones(G, T, dtype=torch.long))
+        noise = torch.randint(0, 255, (64, 64, 3), generator=g, dtype=torch.uint8).numpy()
+        other = Image.fromarray(noise)  # the same size: the same prompt ids
+        got = []
+        for image in (images[0], images[0], other):
+            policy = copy.deepcopy(model)
+            batch = train.update_batch(roll, torch.tensor([1.0, -1.0]),
+                                       [hf.image_inputs(proc, [image], "cpu")], G)
+            stats = train.train_step(policy, torch.optim.SGD(policy.parameters(), lr=1.0), batch,
+                                     algo="grpo", lam=0.0, micro_batch=G)
+            got.append((stats, policy.state_dict()))
+        (same, same_sd), (again, again_sd), (moved, moved_sd) = got
+        assert same == again and all(torch.equal(v, again_sd[k]) for k, v in same_sd.items())
+        assert moved["policy/entropy"] != pytest.approx(same["policy/entropy"], rel=1e-6)
+        assert moved["grad_norm"] != pytest.approx(same["grad_norm"], rel=1e-6)
+        assert any(not torch.equal(v, moved_sd[k]) for k, v in same_sd.items() if "visual" in k)
     finally:
         dist.destroy_process_group()
 
@@ -1344,6 +1383,279 @@ def test_toy_cli_without_its_arguments_gives_the_usage_line():
     assert res.stderr.startswith("error: usage: python toy.py smollm2 DIR") and res.stderr.count("\n") == 1, res.stderr
 
 
+# ---- verify.py: ruled-out options, takebacks, pointing at a number, units, boxes, matrices,
+# decimal commas, polynomials, other scripts
+CHOICE_RULED_OUT = [
+    # multiple choice: a letter followed by the options it rules out names that letter
+    ("The answer is C, certainly not A or D.", "C", 1),
+    ("C, certainly not A or D.", "C", 1),
+    ("So the answer is B, not A.", "B", 1),
+    ("The correct option is (B), not (A) or (C).", "B", 1),
+    ("Answer: D (A and B are ruled out).", "D", 1),
+    ("The answer is C; A and D are wrong.", "C", 1),
+    ("Therefore the answer is B rather than D.", "B", 1),
+    ("La réponse est C, et non A ou D.", "C", 1),
+    ("La bonne réponse est B, pas A.", "B", 1),
+    ("Die Antwort ist C, nicht A oder D.", "C", 1),
+    ("La respuesta es C, no A ni D.", "C", 1),
+    ("答案是C，不是A或D。", "C", 1),
+    ("答案是 B，而不是 A。", "B", 1),
+    # ... and never one of the letters it rules out, nor a letter it negates or offers with another
+    ("The answer is C, certainly not A or D.", "A", 0),
+    ("The answer is C, certainly not A or D.", "D", 0),
+    ("Therefore the answer is B rather than D.", "D", 0),
+    ("La réponse est C, et non A ou D.", "D", 0),
+    ("Die Antwort ist C, nicht A oder D.", "D", 0),
+    ("La respuesta es C, no A ni D.", "D", 0),
+    ("答案是C，不是A或D。", "D", 0),
+    ("Answer: D (A and B are ruled out).", "B", 0),
+    ("The answer is not C but A or D.", "C", 0),
+    ("The answer is not C, not A.", "C", 0),
+    ("The answer is A or C, not D.", "C", 0),
+    ("答案不是C。", "C", 0),
+    ("Maybe C, certainly not A or D.", "C", 0),
+    ("A and D are wrong.", "A", 0),
+]
+
+TAKEN_BACK = [
+    # a hedge after the answer that takes it back
+    ("Adding them, so 36. Hope that's right, I may have slipped.", "36", 0),
+    ("The total is 36, but I may have made a mistake.", "36", 0),
+    ("The answer is \\boxed{36}. I'm not entirely sure about this.", "36", 0),
+    ("So the answer is 36. I could be wrong, please double-check this.", "36", 0),
+    ("Answer: 36\nTake it with a grain of salt.", "36", 0),
+    ("36. I might have miscounted the rows.", "36", 0),
+    ("So the total is 36. Not 100% sure.", "36", 0),
+    # courtesy, and doubt before the answer, take nothing back
+    ("The final answer is $12$. I hope it is correct.", "12", 1),
+    ("So the total is 36. Hope that helps!", "36", 1),
+    ("So the total is 36. Hope that's right!", "36", 1),
+    ("I may have slipped in the first try. Redoing it, the answer is \\boxed{36}.", "36", 1),
+    ("I was not sure at first, but the total is 36.", "36", 0),  # the sentence still hedges
+]
+
+POINTING = [
+    # a sentence that points at one of the question's numbers concludes nothing
+    ("The second value is 6.", "6", 0),
+    ("The first number is 12.", "12", 0),
+    ("The next number is 8.", "8", 0),
+    ("Let's consider 8 first.", "8", 0),
+    ("Take 8 first.", "8", 0),
+    ("Take the third number, 8.", "8", 0),
+    ("Now take 8.", "8", 0),
+    ("Looking at 8, it is even.", "8", 0),
+    ("Starting with 8 apples.", "8", 0),
+    ("8 is the second number.", "8", 0),
+    # with a conclusion, or naming the result, it answers
+    ("So the second value is 6.", "6", 1),
+    ("The larger number is 6.", "6", 1),
+    ("The answer is the second value: 6.", "6", 1),
+    ("Therefore, the first number is 12.", "12", 1),
+]
+
+PLAIN_STATEMENTS = [
+    # a restatement with a unit or a noun after the value
+    ("The train covers 90 km.", "90", 1),
+    ("Each ticket costs $12.", "12", 1),
+    ("The tax rate is 8%.", "8%", 1),
+    ("The tax rate is 8%.", "8", 1),
+    ("She saves $45 each week.", "45", 1),
+    ("The car travels 150 miles.", "150", 1),
+    ("They run 12 laps in all.", "12", 1),
+    ("The plane flies 600 km per hour.", "600", 1),
+    ("96 is the product of 12 and 8.", "96", 1),
+    ("60 is the least common multiple of 12 and 15.", "60", 1),
+    ("$45 is the total cost.", "45", 1),
+    # ... but a wrong value, two values, a premise, a hand-over or a negation is no answer
+    ("The train covers 90 km.", "60", 0),
+    ("The train covers 90 km in 2 hours.", "90", 0),
+    ("96 is the product of 12 and 8.", "12", 0),
+    ("96 is not the product of 12 and 7.", "96", 0),
+    ("96 is maybe the product.", "96", 0),
+    ("She gives 8 to her friend.", "8", 0),
+    ("She pays 5 more than Tom.", "5", 0),
+    ("Each box holds 6 eggs.", "6", 0),
+    ("Tom had 5 apples.", "5", 0),
+    ("If the train covers 90 km, it needs fuel.", "90", 0),
+]
+
+SEVERAL_BOXES = [
+    # boxes joined by nothing but "," / "and" / "$, $" form one list answer
+    ("So the solutions are \\boxed{2}, \\boxed{3}.", "2, 3", 1),
+    ("\\boxed{2} and \\boxed{3}", "3, 2", 1),
+    ("$x = \\boxed{2}$, $x = \\boxed{3}$", "2, 3", 1),
+    ("The pairs are \\boxed{(1, 4)} and \\boxed{(4, 1)}.", "(1, 4), (4, 1)", 1),
+    ("The pairs are \\boxed{(1, 4)} and \\boxed{(4, 1)}.", "(4, 1)", 0),
+    ("\\boxed{2}, \\boxed{3}", "3", 0),
+    ("\\boxed{2}, \\boxed{4}", "2, 3", 0),
+    ("x = \\boxed{2} or x = \\boxed{3}", "3", 0),  # several answers offered
+    ("x = \\boxed{2} or x = \\boxed{3}", "2, 3", 0),
+    # a box after words is a revision, not a list
+    ("First I got \\boxed{2}. Rechecking, the answer is \\boxed{3}.", "3", 1),
+    ("First I got \\boxed{2}. Rechecking, the answer is \\boxed{3}.", "2, 3", 0),
+]
+
+MATRIX = "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"
+MATRICES = [
+    # any matrix environment, and an array in brackets, compare element by element
+    ("$\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}$", MATRIX, 1),
+    ("$\\left[\\begin{array}{cc} 1 & 2 \\\\ 3 & 4 \\end{array}\\right]$", MATRIX, 1),
+    ("$\\left(\\begin{array}{c} 1 \\\\ 3 \\end{array}\\right)$",
+     "\\begin{bmatrix} 1 \\\\ 3 \\end{bmatrix}", 1),
+    ("$\\left[\\begin{array}{cc} 1 & 2 \\\\ 3 & 5 \\end{array}\\right]$", MATRIX, 0),
+    ("$\\begin{bmatrix} 1 & 2 \\end{bmatrix}$", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", 0),
+]
+
+DECIMAL_COMMAS = [
+    # against a decimal reference, a comma with 2 or 4+ digits (or after 0) is a decimal comma
+    ("\\boxed{3,75}", "3.75", 1),
+    ("The answer is 3,75", "3.75", 1),
+    ("\\boxed{0,5}", "0.5", 1),
+    ("\\boxed{3,1416}", "3.1416", 1),
+    ("\\boxed{3,75}", "3, 75", 1),  # a list against a list
+    ("\\boxed{3,75}", "375", 0),
+    ("\\boxed{3,75}", "3.57", 0),
+    ("\\boxed{1,500}", "1.5", 0),  # grouping
+    ("\\boxed{1,500}", "1500", 1),
+    ("The answer is 3,5.", "3.5", 0),  # one digit: a list, in English
+]
+
+SYMBOLIC = [
+    # polynomials in one-letter variables, by their normal form
+    ("\\boxed{\\frac{y}{5} + \\frac{3}{5}}", "\\frac{y+3}{5}", 1),
+    ("\\boxed{-x^2 + 3x - 2 = 0}", "x^2 - 3x + 2 = 0", 1),  # an equation times -1
+    ("\\boxed{2x = 4}", "x - 2 = 0", 1),
+    ("\\boxed{2x + 2}", "2(x+1)", 1),
+    ("\\boxed{x^2 + 2x + 1}", "(x+1)^2", 1),
+    ("\\boxed{y = 1 + 2x}", "y = 2x + 1", 1),
+    ("\\boxed{x^2 + 2x + 2}", "(x+1)^2", 0),
+    ("\\boxed{\\frac{y}{5} + \\frac{4}{5}}", "\\frac{y+3}{5}", 0),
+    ("\\boxed{2x + 1}", "2(x+1)", 0),
+    ("\\boxed{x^2 - 3x + 2 = 0}", "x^2 - 3x + 2 = 1", 0),
+    ("\\boxed{x^2 - 3x + 2}", "x^2 - 3x + 2 = 0", 0),  # an expression is no equation
+    ("\\boxed{\\frac{1}{x}}", "\\frac{2}{2x}", 0),  # no polynomial: left as text
+    ("\\boxed{on}", "no", 0),  # words are no products
+    ("\\boxed{cab + 1}", "abc + 1", 0),
+]
+
+NON_LATIN = [
+    # final answers after a worked solution, in other scripts
+    ("Решая, получаем x = 5.\nОтвет: 5", "5", 1),
+    ("Розв'язуємо рівняння.\nВідповідь: 12", "12", 1),
+    ("Λύνουμε την εξίσωση.\nΑπάντηση: 12", "12", 1),
+    ("Kita jumlahkan keduanya.\nJawaban: 12", "12", 1),
+    ("Ta cộng hai số lại.\nĐáp án: 12", "12", 1),
+    ("두 수를 더합니다.\n정답: 12", "12", 1),
+    ("先求和。\n答：12个", "12", 1),
+    ("Розв'язуємо рівняння.\nВідповідь: 13", "12", 0),
+    ("두 수를 더합니다.\n정답: 13", "12", 0),
+    ("先求和。\n答：12个或13个", "12", 0),
+    ("Kita jumlahkan 12 dan 5.", "12", 0),  # nothing concludes
+]
+
+KIND_ROWS = (CHOICE_RULED_OUT + TAKEN_BACK + POINTING + PLAIN_STATEMENTS + SEVERAL_BOXES + MATRICES
+        + DECIMAL_COMMAS + SYMBOLIC + NON_LATIN)
+
+
+@pytest.mark.parametrize("row", KIND_ROWS, ids=[f"{r[0][:40]}->{r[1]}" for r in KIND_ROWS])
+def test_verify_kinds_careful_graders_agree_on(row):
+    response, answer, expected, *options = row
+    assert verify.reward(response, answer, *options) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "The answer is C" + ", not A or B" * 5000,
+    "C" + " or A" * 50000 + " are wrong",
+    "So 36" + " may have" * 50000,
+    "Take " + "8 first " * 50000,
+    "The train covers " + "9" * 100000 + " km.",
+    "\\boxed{1}, " * 100000,
+    "\\boxed{" + "(x+y+z+w+v)" * 30 + "}",
+    "\\boxed{" + "(x+1)^{12}" * 15 + "}",
+])
+def test_verify_new_rules_stay_linear_on_long_inputs(text):
+    start = time.perf_counter()
+    verify.reward(text, "C")
+    verify.reward(text, "36")
+    assert time.perf_counter() - start < 2
+
+
+# ---- verify.py: the reference a data row gives
+# (answer field as the data writes it, the reference the run uses, a correct response, a wrong one)
+REFERENCES = [
+    # expressions and equations with a left-hand side: kept whole
+    ("f(x) = x + 1", "f(x) = x + 1", "<answer>x + 1</answer>", "<answer>1</answer>"),
+    ("x + 1", "x + 1", "<answer>x+1</answer>", "<answer>x - 1</answer>"),
+    ("y = 2x + 3", "y = 2x + 3", "<answer>y = 2x + 3</answer>", "<answer>3</answer>"),
+    ("x^2 - 1", "x^2 - 1", "<answer>x^2 - 1</answer>", "<answer>x^2 + 1</answer>"),
+    ("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{2}", "The value is $\\frac{\\sqrt3}{2}$.",
+     "<answer>\\frac{1}{2}</answer>"),
+    ("2\\pi", "2\\pi", "<answer>6.283185307</answer>", "<answer>\\pi</answer>"),
+    ("x = 5", "x = 5", "<answer>5</answer>", "<answer>x = 6</answer>"),
+    ("a = 3, b = 4", "a = 3, b = 4", "<answer>a = 3, b = 4</answer>", "<answer>4</answer>"),
+    # tuples, intervals, sets, lists
+    ("(3, 2)", "(3, 2)", "<answer>(3,2)</answer>", "<answer>(2, 3)</answer>"),
+    ("(0, 1]", "(0, 1]", "<answer>(0,1]</answer>", "<answer>[0, 1]</answer>"),
+    ("[-2, \\infty)", "[-2, \\infty)", "<answer>[-2, ∞)</answer>", "<answer>(-2, \\infty)</answer>"),
+    ("\\{1, 2, 3\\}", "\\{1, 2, 3\\}", "<answer>\\{3, 2, 1\\}</answer>", "<answer>\\{1, 2\\}</answer>"),
+    ("2, 3", "2, 3", "<answer>3, 2</answer>", "<answer>2</answer>"),
+    ("The sum is 7 and the product is 12", "The sum is 7 and the product is 12",
+     "<answer>The sum is 7 and the product is 12</answer>", "<answer>12</answer>"),
+    # text and yes/no
+    ("yes", "yes", "<answer>Yes</answer>", "<answer>no</answer>"),
+    ("Paris", "Paris", "The capital is Paris.\n<answer>paris</answer>", "<answer>Lyon</answer>"),
+    ("7. Seven", "7. Seven", "<answer>7. Seven</answer>", "<answer>7</answer>"),
+    ("isosceles", "isosceles", "\\boxed{\\text{isosceles}}", "\\boxed{\\text{scalene}}"),
+    # multiple choice
+    ("B", "B", "<answer>B</answer>", "<answer>C</answer>"),
+    ("(C)", "(C)", "The answer is (C).", "The answer is (A)."),
+    ("A, C", "A, C", "<answer>A, C</answer>", "<answer>A</answer>"),
+    # numbers: plain, with units, percentages, fractions, grouping
+    ("42", "42", "<answer>42</answer>", "<answer>24</answer>"),
+    ("-3.5", "-3.5", "\\boxed{-7/2}", "\\boxed{3.5}"),
+    ("12 cm", "12 cm", "<answer>12</answer>", "<answer>13 cm</answer>"),
+    ("5 km/h", "5 km/h", "<answer>5 km/h</answer>", "<answer>50 km/h</answer>"),
+    ("\\$18", "\\$18", "<answer>$18</answer>", "<answer>$17</answer>"),
+    ("25%", "25%", "<answer>25\\%</answer>", "<answer>0.25%</answer>"),
+    ("3/4", "3/4", "<answer>0.75</answer>", "<answer>4/3</answer>"),
+    ("1,000,000", "1,000,000", "<answer>1000000</answer>", "<answer>1,000</answer>"),
+    ("6 \\text{ apples}", "6 \\text{ apples}", "<answer>6</answer>", "<answer>7 apples</answer>"),
+    # wrappers: removed, nothing else
+    ("\\boxed{12}", "12", "<answer>12</answer>", "<answer>21</answer>"),
+    ("$\\boxed{x + 1}$", "x + 1", "<answer>x+1</answer>", "<answer>1</answer>"),
+    ("<answer>f(x) = x^2</answer>", "f(x) = x^2", "<answer>x^2</answer>", "<answer>2</answer>"),
+    ("Natalia sold 48 / 2 = 24 clips in May.\n#### 72", "72", "So 72 clips.\n\\boxed{72}",
+     "\\boxed{24}"),
+]
+
+
+@pytest.mark.parametrize("field, reference, right, wrong", REFERENCES)
+def test_reference_answer_is_the_field_as_written_and_scores_both_ways(field, reference, right,
+                                                                       wrong, tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": field}) + "\n")
+    (row,) = data.load_jsonl(str(path))
+    assert row["answer"] == reference
+    assert verify.reward(right, row["answer"]) == 1.0
+    assert verify.reward(wrong, row["answer"]) == 0.0
+
+
+def test_a_solution_gives_its_final_answer_and_verify_cli_reads_the_answer_field_as_data_does(
+        tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"problem": "q", "solution": "2 + 3 = 5, so \\boxed{5}."}) + "\n")
+    (row,) = data.load_jsonl(str(path))
+    assert row["answer"] == "5"
+    rows = [{"response": right, "answer": field} for field, _, right, _ in REFERENCES]
+    rows += [{"response": wrong, "answer": field} for field, _, _, wrong in REFERENCES]
+    scored = tmp_path / "scored.jsonl"
+    scored.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([sys.executable, os.path.join(HERE, "verify.py"), "--jsonl", str(scored)],
+                         capture_output=True, text=True, check=True).stdout
+    n = len(REFERENCES)
+    assert out.strip() == f"accuracy {n / (2 * n):.4f} ({n}/{2 * n})"
+
+
 # ----------------------------------------------------------------------------- train.py: data and errors
 def run_main_expect_error(argv, capsys, monkeypatch, world=1):
     import signal as _signal
@@ -1572,6 +1884,30 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
+# Counts the FSDP all-gathers and reduce-scatters of each update (train_step), per rank.
+COUNT_COLLECTIVES = """import sys, torch.distributed as dist, train
+calls = {"ag": 0, "rs": 0}
+def counting(name, kind):
+    real = getattr(dist, name, None)
+    if real is not None:
+        def wrapper(*a, **k):
+            calls[kind] += 1
+            return real(*a, **k)
+        setattr(dist, name, wrapper)
+for name in ("all_gather_single", "all_gather_into_tensor"):
+    counting(name, "ag")
+for name in ("reduce_scatter_single", "reduce_scatter_tensor"):
+    counting(name, "rs")
+def train_step(*a, real=train.train_step, **k):
+    calls.update(ag=0, rs=0)
+    stats = real(*a, **k)
+    print(f"UPDATE {dist.get_rank()} {calls['ag']} {calls['rs']}", file=sys.stderr)
+    return stats
+train.train_step = train_step
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_gpu_settings_on_two_cpu_processes_bf16_auto_gen_batch_and_keep_gathered(tmp_path):
     """The GPU configuration on 2 CPU processes: --dtype bf16 (bf16 compute on fp32 master weights, a bf16
@@ -1591,12 +1927,25 @@ def test_gpu_settings_on_two_cpu_processes_bf16_auto_gen_batch_and_keep_gathered
     assert all(4 < int(r[1]) < int(r[2]) == 16 for r in rollouts), rollouts  # more than a group, less than all
     teachers = re.findall(r"TEACHER (torch\.[a-z0-9]+)", res.stderr)
     assert teachers and set(teachers) == {"torch.bfloat16"}, res.stderr[-3000:]
-    recs = {}
+    # --keep_gathered: equal steps, but one all-gather and reduce-scatter per FSDP unit and step,
+    # not per micro-batch (4 micro-batches of 4 rows per rank here). Bug caught: the flag doing
+    # nothing.
+    (tmp_path / "count.py").write_text(COUNT_COLLECTIVES)
+    recs, counts = {}, {}
     for name, flags in (("per_mb", []), ("kept", ["--keep_gathered"])):
-        res = subprocess.run([*torchrun, "train.py", *common, *flags, "--out", str(tmp_path / name)], cwd=HERE,
-                             capture_output=True, text=True, timeout=600)
+        out = str(tmp_path / name)
+        cmd = [*torchrun, str(tmp_path / "count.py"), *common, *flags, "--out", out]
+        res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, PYTHONPATH=HERE))
         assert res.returncode == 0, res.stderr[-3000:]
         recs[name] = read_metrics(tmp_path / name)
+        lines = re.findall(r"UPDATE (\d) (\d+) (\d+)", res.stderr)
+        assert len(lines) == 4, res.stderr[-3000:]  # 2 steps x 2 ranks
+        counts[name] = {(int(ag), int(rs)) for _, ag, rs in lines}
+    assert len(counts["kept"]) == len(counts["per_mb"]) == 1, counts  # the same each step and rank
+    (kept_ag, kept_rs), (per_mb_ag, per_mb_rs) = counts["kept"].pop(), counts["per_mb"].pop()
+    assert kept_rs > 0 and per_mb_rs == 4 * kept_rs, (kept_rs, per_mb_rs)
+    assert kept_ag < per_mb_ag, (kept_ag, per_mb_ag)
     for a, b in zip(recs["per_mb"][1:], recs["kept"][1:]):
         for k in ("loss", "grad_norm", "train/reward", "rlsd/weight_mean"):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
@@ -1644,15 +1993,36 @@ def test_end_to_end_two_processes_writes_metrics_and_a_loadable_checkpoint(tmp_p
                           "--reference", "5", "--heatmap", str(tmp_path / "credit.html")],
                          cwd=HERE, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.count("--- sample") == 2, res.stderr[-2000:]
+    # the sampled response's heatmap: one cell per token of sample 0; the PNG as wide as the layout
+    tokens0 = int(re.search(r"--- sample 0 \((\d+) tokens\)", res.stdout).group(1))
     html = (tmp_path / "credit.html").read_text()
-    from PIL import Image
-    assert "w=" in html and Image.open(tmp_path / "credit.png").size[0] > 100
-    res = subprocess.run([sys.executable, "sample.py", ckpt, question, "--reference", "5", "--response",
-                          "<answer>5</answer>", "--heatmap", str(tmp_path / "given.html")],
-                         cwd=HERE, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0 and "(reward 1)" in res.stdout, res.stderr[-2000:]
-    cells = (tmp_path / "given.html").read_text().count('title="w=')
-    assert cells == len(tok("<answer>5</answer>")["input_ids"])  # one cell per response token
+    assert html.count('title="w=') == tokens0
+    assert Image.open(tmp_path / "credit.png").size[0] == plot.CREDIT_W
+    # a given response, right and wrong: the HTML's w and Delta and the PNG's colours are those
+    # of token_credit on the loaded checkpoint, w = exp(+Delta) for reward 1, exp(-Delta) for 0
+    # (bugs caught: a heatmap of other numbers, the sign of A ignored, a PNG in other colours)
+    for answer, reward in (("5", 1), ("3", 0)):
+        response, page = f"<answer>{answer}</answer>", tmp_path / f"given{answer}.html"
+        cmd = [sys.executable, "sample.py", ckpt, question, "--reference", "5", "--response",
+               response, "--heatmap", str(page)]
+        res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0 and f"(reward {reward})" in res.stdout, res.stderr[-2000:]
+        ids = tok(response, add_special_tokens=False)["input_ids"]
+        resp = torch.tensor([ids])
+        with torch.no_grad():
+            delta, w, r = sample.token_credit(model, tok, question, "5", resp,
+                                              torch.ones_like(resp), [])
+        assert r == reward
+        torch.testing.assert_close(w, (delta if reward else -delta).exp())
+        shown = re.findall(r'title="w=([-0-9.]+), \u0394=([-+0-9.]+)"', page.read_text())
+        assert len(shown) == len(ids)  # one cell per response token
+        want = [x for pair in zip(w.tolist(), delta.tolist()) for x in pair]
+        assert [float(x) for pair in shown for x in pair] == pytest.approx(want, abs=1.5e-3)
+        img = Image.open(page.with_suffix(".png")).convert("RGB")
+        boxes = plot.credit_layout([tok.decode([t]) for t in ids], delta.tolist())
+        for (x0, y0, _, _), weight in zip(boxes, w.tolist()):
+            got, colour = img.getpixel((x0 + 1, y0 + 1)), plot.weight_colour(weight)
+            assert all(abs(a - b) <= 2 for a, b in zip(got, colour)), (got, colour)
     data = tmp_path / "eval.jsonl"
     data.write_text("".join(json.dumps(toy.largest(__import__("random").Random(i))) + "\n" for i in range(5)))
     res = subprocess.run([sys.executable, "sample.py", ckpt, "--eval", str(data), "--n", "1", "--max_new_tokens", "8",
@@ -1753,9 +2123,11 @@ def test_interrupted_save_leaves_the_previous_checkpoint_and_resume_uses_it(tmp_
              "rundir.dcp.save = save; train.main(sys.argv[1:])\n")
     args = RUN + ["--steps", "6", "--save_every", "2", "--out", str(out)]
     res = subprocess.run([sys.executable, "-c", crash, *args], cwd=HERE, capture_output=True, text=True, timeout=600)
-    assert res.returncode != 0 and "disk full" in res.stderr
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.splitlines()[-1] == (f"error: cannot save {out}/checkpoint-4 (disk full (simulated)); the "
+                                           "earlier checkpoints are kept: free some space, then resume (--resume)")
     assert (out / "checkpoint-2" / "trainer" / "state.json").exists() and not (out / "checkpoint-4").exists()
-    assert (out / "checkpoint-4.tmp").exists()  # the half-written one keeps its temporary name
+    assert not (out / "checkpoint-4.tmp").exists()  # the half-written one is removed: a full disk needs the space
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(str(out / "checkpoint-2"))  # the earlier one loads
     res = subprocess.run([sys.executable, "train.py", "--resume", "--out", str(out)], cwd=HERE, capture_output=True,
@@ -1985,11 +2357,23 @@ def test_memory_plan_matches_measured_peak_memory_on_cpu():
 
 
 def test_memory_plan_of_the_paper_preset_fits_80gb():
+    """The rows that fit, worked by hand from Qwen3-8B's published numbers, not from the plan (whose
+    own rollout <= budget holds by construction). Per GPU of 8: fp32 weights + AdamW's 2 moments
+    (12 bytes) and the bf16 teacher (2) sharded, the bf16 weights gathered (2 bytes x P), then per
+    row the KV cache of 8192 tokens (K and V x 36 layers x 8 KV heads x 128 x 2 bytes) and fp32
+    decode logits (3 x 4 bytes x vocab). Bugs caught: a term dropped or miscounted (e.g. AdamW's
+    moments), a budget other than 90% of the GPU."""
     s = memory.PRESETS["Qwen3-8B"]
-    assert memory.n_params(s) == 8190735360  # Qwen3-8B's parameter count
+    P = 8190735360  # Qwen3-8B's parameter count
+    assert memory.n_params(s) == P
+    fixed = P * (12 + 2) / 8 + 2 * P
+    per_row = 8192 * (2 * 36 * 8 * 128 * 2) + 3 * 4 * 151936
+    by_hand = int((0.9 * 80e9 - fixed) // per_row)
+    assert by_hand == 34
     gen = memory.largest_gen_batch(s, 8, 80e9, 4096, 4096, 4)
     plan = memory.memory_plan(s, 8, gen, 4096, 4096, 4)
-    assert gen >= 16 and max(plan.values()) <= 80e9 * 0.9
+    assert gen == by_hand and plan["rollout"] == pytest.approx(fixed + gen * per_row, rel=1e-9)
+    assert max(plan.values()) <= 80e9 * 0.9  # the teacher and update phases fit too
     assert memory.memory_plan(s, 8, gen + 1, 4096, 4096, 4)["rollout"] > 80e9 * 0.9
 
 # ---- plot.py: curves and credit heatmaps
@@ -2309,55 +2693,99 @@ def test_held_out_split_is_at_most_a_tenth_and_disjoint(tmp_path):
 
 
 def test_allow_abs_paths_accepts_an_image_outside_the_data_dir(tmp_path):
+    """--allow_abs_paths, parsed, reaches the loader (bug caught: load_rows not passing it)."""
+    import flags
     (tmp_path / "pics").mkdir()
     (tmp_path / "rows").mkdir()
-    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "a.png")  # (PIL's Image: imported above plot.py's tests)
+    Image.new("RGB", (8, 8)).save(tmp_path / "pics" / "a.png")  # (PIL: imported above plot's tests)
     path = tmp_path / "rows" / "d.jsonl"
-    path.write_text(json.dumps({"question": "<image> q", "answer": "1", "images": str(tmp_path / "pics" / "a.png")}) + "\n")
+    image = str(tmp_path / "pics" / "a.png")
+    path.write_text(json.dumps({"question": "<image> q", "answer": "1", "images": image}) + "\n")
     with pytest.raises(UserError, match="outside the data file's directory"):
         data.load_jsonl(str(path))
     rows = data.load_jsonl(str(path), allow_abs_paths=True)
-    assert rows[0]["images"] == [os.path.realpath(tmp_path / "pics" / "a.png")] and rows[0]["image_sizes"] == [(8, 8)]
+    assert rows[0]["images"] == [os.path.realpath(image)] and rows[0]["image_sizes"] == [(8, 8)]
+    argv = ["--data", str(path), "--eval_data", str(path)]
+    with pytest.raises(UserError, match="outside the data file's directory"):
+        train.load_rows(flags.parse_args(argv))
+    train_rows, eval_rows = train.load_rows(flags.parse_args([*argv, "--allow_abs_paths"]))
+    assert [r["images"] for r in train_rows + eval_rows] == [[os.path.realpath(image)]] * 2
 
 
 def test_chat_template_kwargs_reach_the_template():
-    tok = toy.text_tokenizer()
-    tok.chat_template = ("{% for m in messages %}{% if think %}<think>{% endif %}{{ m['content'] }}{% endfor %}")
-    rows = [{"question": "Which number is largest: 1, 5, 3, 2?", "answer": "5"}]
-    plain = data.tokenize(rows, tok, 256, {})[0][0]
-    think = data.tokenize(rows, tok, 256, {"think": True})[0][0]
-    assert think["student_ids"][:len(tok("<think>")["input_ids"])] == tok("<think>")["input_ids"]
-    assert think["student_ids"][len(tok("<think>")["input_ids"]):] == plain["student_ids"]
+    """--chat_template_kwargs, parsed from its JSON, reaches the template of both the student and
+    the teacher prompts through train.prompt_rows (bugs caught: the flag parsed but not passed on,
+    or passed to one prompt only)."""
+    import flags
+    proc, config, _ = toy.spec(None, "largest")
+    proc.chat_template = ("{% for m in messages %}{% if think %}<think>{% endif %}"
+                          "{{ m['content'] }}{% endfor %}")
+    row = {"question": "Which number is largest: 1, 5, 3, 2?", "answer": "5"}
+    think_ids = proc("<think>", add_special_tokens=False)["input_ids"]
+    got = {}
+    for extra in ([], ["--chat_template_kwargs", '{"think": true}']):
+        args = flags.parse_args(["--prompts_per_step", "1", *extra])
+        got[bool(extra)] = train.prompt_rows(args, proc, config, [dict(row)], [dict(row)])[0][0]
+    for key in ("student_ids", "teacher_ids"):
+        assert got[True][key] == think_ids + got[False][key], key
+    assert got[False]["student_ids"][:len(think_ids)] != think_ids
 
 
 def test_max_pixels_lowers_the_image_tokens_of_a_large_image():
-    import argparse as ap
+    """--max_pixels, parsed, caps the image processor (bug caught: the flag not passed on)."""
+    import flags
     proc, config, _ = toy.spec("tiny-vl", "color")
     big = {"question": "What color?", "answer": "red", "images": [], "image_sizes": [(256, 256)], "where": "x:1"}
     tokens = []
-    for max_pixels in (None, 64 * 64):
-        args = ap.Namespace(max_pixels=max_pixels, model="tiny-vl", max_prompt_len=100000, chat_template_kwargs={},
-                            prompts_per_step=1)
+    for max_pixels in ([], ["--max_pixels", str(64 * 64)]):  # through the parser (flags.py)
+        args = flags.parse_args(["--model", "tiny-vl", "--max_prompt_len", "100000",
+                                 "--prompts_per_step", "1", *max_pixels])
         rows = train.prompt_rows(args, proc, config, [big], [])[0]
         tokens.append(rows[0]["student_ids"].count(proc.tokenizer.convert_tokens_to_ids(proc.image_token)))
     assert tokens[1] < tokens[0] and tokens[1] <= 64 * 64 // (16 * 16 * 4)  # 16-pixel patches merged 2 x 2
 
 
-def test_resume_refuses_a_changed_model_data_or_process_count(tmp_path):
-    ckpt = tmp_path / "checkpoint-3"
-    (ckpt / "trainer").mkdir(parents=True)
+def run_main(tmp_path, monkeypatch, name, *flags):
+    """train.main in this process, 1 step of the built-in model without its cold start (flags given
+    later win); its metrics.jsonl lines. About 2 s."""
+    import signal as _signal
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        # setup_distributed sets them: setenv first, so that the test's end restores them even
+        # when absent now (delenv of an absent name records nothing to undo)
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
+    handlers = {s: _signal.getsignal(s) for s in (_signal.SIGINT, _signal.SIGTERM)}
+    out = tmp_path / name
+    try:
+        code = train.main(["--steps", "1", "--warmup_steps", "0", "--prompts_per_step", "2",
+                           "--group_size", "2", "--max_new_tokens", "4", "--eval_size", "0",
+                           "--out", str(out), *flags])
+    finally:
+        for s, h in handlers.items():  # main() installs its stop handlers
+            _signal.signal(s, h)
+    assert code == 0
+    return read_metrics(out)
+
+
+def test_resume_through_main_refuses_a_changed_model_data_or_process_count(
+        tmp_path, capsys, monkeypatch):
+    """The same refusals from train.main itself, resuming a checkpoint a real run saved (bug caught:
+    main() not calling check_same_run, or calling it with another run id than the one it saves)."""
     data_file = tmp_path / "d.jsonl"
-    data_file.write_text('{"question": "q", "answer": "1"}\n')
-    saved = rundir.run_id(None, str(data_file), None, 2)
-    (ckpt / "trainer" / "state.json").write_text(json.dumps({"id": saved}))
-    rundir.check_same_run(str(ckpt), rundir.run_id(None, str(data_file), None, 2))  # the same run: no error
-    with pytest.raises(UserError, match=r"processes differs from the stopped run's \(2 then, 1 now\)"):
-        rundir.check_same_run(str(ckpt), rundir.run_id(None, str(data_file), None, 1))
-    with pytest.raises(UserError, match="--model differs"):
-        rundir.check_same_run(str(ckpt), rundir.run_id("tiny-vl", str(data_file), None, 2))
-    data_file.write_text('{"question": "q", "answer": "2"}\n')
-    with pytest.raises(UserError, match=r"--data \(its content\) differs"):
-        rundir.check_same_run(str(ckpt), rundir.run_id(None, str(data_file), None, 2))
+    lines = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(4)]
+    data_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run_main(tmp_path, monkeypatch, "run", "--data", str(data_file), "--save_every", "1")
+    capsys.readouterr()  # (the run's own output)
+    out = str(tmp_path / "run")
+    resume = ["--resume", "--out", out, "--steps", "2"]
+    err = run_main_expect_error(resume, capsys, monkeypatch, world=2)
+    assert "processes differs from the stopped run's (1 then, 2 now)" in err, err
+    err = run_main_expect_error([*resume, "--model", os.path.join(out, "final")], capsys,
+                                monkeypatch)
+    assert "--model differs from the stopped run's (None then, " in err, err
+    data_file.write_text(data_file.read_text().replace('"2"', '"3"'))
+    err = run_main_expect_error(resume, capsys, monkeypatch)
+    assert "--data (its content) differs" in err, err
 
 
 def test_a_hub_id_that_cannot_be_reached_is_one_line_before_any_retry(tmp_path):
@@ -2365,12 +2793,12 @@ def test_a_hub_id_that_cannot_be_reached_is_one_line_before_any_retry(tmp_path):
     res = subprocess.run([sys.executable, "train.py", "--model", "nobody/no-such-model", "--out", str(tmp_path / "o")],
                          cwd=HERE, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr[-2000:]
-    assert res.stderr.startswith("error: --model nobody/no-such-model: cannot read its config.json from the Hugging "
-                                 "Face hub") and "HF_HUB_OFFLINE=1" in res.stderr
+    assert res.stderr.startswith("error: --model nobody/no-such-model: no such directory, and cannot read its "
+                                 "config.json from the Hugging Face hub") and "HF_HUB_OFFLINE=1" in res.stderr
     res = subprocess.run([sys.executable, "train.py", "--model", "nobody/no-such-model", "--out", str(tmp_path / "o")],
                          cwd=HERE, capture_output=True, text=True, timeout=120, env={**env, "HF_HUB_OFFLINE": "1"})
-    assert res.returncode == 2 and res.stderr == ("error: --model nobody/no-such-model: not in the local Hugging Face "
-                                                  "cache, and HF_HUB_OFFLINE is set\n")
+    assert res.returncode == 2 and res.stderr == ("error: --model nobody/no-such-model: no such directory, and not in "
+                                                  "the local Hugging Face cache (HF_HUB_OFFLINE is set)\n")
 
 
 def _train(tmp_path, name, *flags, runner="train.py", code=0):
@@ -2664,3 +3092,453 @@ def test_generate_equals_each_prompt_decoded_alone(batch, sync_every):
         n = int(amask.sum())
         assert int(rmask[row].sum()) == n
         assert resp[row, :n].tolist() == alone[0, :n].tolist()
+
+
+# ----------------------------------------------------------------------- flags, each through main()
+# Each test below runs train.main in this process (run_main: 1-3 steps of the built-in model, no
+# cold start, a few seconds) with the flag given on the command line, and fails if the flag is
+# parsed but ignored.
+def first_token_parity(roll, refs):
+    """Rewards that differ within a group without a cold start: the first token's parity."""
+    return (roll["resp"][:, 0] % 2).to(torch.float32)
+
+
+def test_opsd_is_the_jsd_alone_and_grpo_plus_opsd_adds_distill_coef_times_it(tmp_path, monkeypatch):
+    """Step 1 of four runs from one rollout (same seed; rewards that vary, so GRPO has a gradient):
+    opsd's loss is its JSD; grpo+opsd's loss is GRPO's + distill_coef x that JSD, and its gradient
+    g_grpo + c g_jsd, whose norm is pinned, for c = 2.5, by those of c = 0 (grpo), 1 and opsd:
+    |g1 + c g2|^2 = |g1|^2 + c^2 |g2|^2 + c (|g1 + g2|^2 - |g1|^2 - |g2|^2).
+    Bugs caught: grpo+opsd run as opsd (or as grpo), --distill_coef ignored."""
+    monkeypatch.setattr(train, "rewards_of", first_token_parity)
+    rec = {}
+    for name, flags in [("grpo", ["--algo", "grpo"]), ("opsd", ["--algo", "opsd"]),
+                        ("both", ["--algo", "grpo+opsd"]),
+                        ("coef", ["--algo", "grpo+opsd", "--distill_coef", "2.5"])]:
+        rec[name] = run_main(tmp_path, monkeypatch, name, "--group_size", "4", *flags)[1]
+    jsd = rec["opsd"]["opsd/jsd"]
+    assert jsd > 0 and rec["grpo"]["grad_norm"] > 0 and "opsd/jsd" not in rec["grpo"]
+    assert rec["opsd"]["loss"] == pytest.approx(jsd, rel=1e-6)
+    for name, c in (("both", 1.0), ("coef", 2.5)):
+        assert rec[name]["opsd/jsd"] == pytest.approx(jsd, rel=1e-6)  # the same frozen teacher
+        assert rec[name]["loss"] == pytest.approx(rec["grpo"]["loss"] + c * jsd, rel=1e-5, abs=1e-7)
+    g1, g2, g12 = (rec[k]["grad_norm"] ** 2 for k in ("grpo", "opsd", "both"))
+    c = 2.5
+    want = g1 + c ** 2 * g2 + c * (g12 - g1 - g2)
+    assert rec["coef"]["grad_norm"] ** 2 == pytest.approx(want, rel=1e-4)
+
+
+def test_temperature_is_the_rollouts_and_the_updates(tmp_path, monkeypatch):
+    """--temperature: the rollout samples softmax(logits / T) and the update scores at T. At
+    T = 1e-4 the 4 responses of a prompt are one (near-greedy) response and the entropy the update
+    reports is near 0; at T = 1 neither. Bug caught: the flag ignored by either phase."""
+    rec, first_group = {}, {}
+    for t in ("1", "1e-4"):
+        rec[t] = run_main(tmp_path, monkeypatch, t, "--temperature", t, "--group_size", "4",
+                          "--dump_credit", "4")[1]
+        credit = (tmp_path / t / "credit.jsonl").read_text().splitlines()
+        first_group[t] = {tuple(json.loads(line)["tokens"]) for line in credit}
+    assert len(first_group["1e-4"]) == 1 and len(first_group["1"]) > 1
+    assert rec["1e-4"]["policy/entropy"] < 0.05 < 1 < rec["1"]["policy/entropy"]
+
+
+@pytest.mark.parametrize("seed, weight_decay", [(0, 0.0), (1, 0.5)])
+def test_seed_and_weight_decay_give_the_exact_weights_of_a_zero_gradient_step(
+        tmp_path, monkeypatch, seed, weight_decay):
+    """A 1-token response earns no reward, so every advantage and gradient is 0 and AdamW's only
+    move is its decoupled decay: the saved weights are the initial model of --seed (built the way
+    train.py builds it) times (1 - lr x --weight_decay), exactly. Bugs caught: --seed not seeding
+    the model, --weight_decay not reaching AdamW."""
+    from safetensors.torch import load_file
+    lr = 0.01
+    recs = run_main(tmp_path, monkeypatch, "r", "--max_new_tokens", "1", "--lr", str(lr),
+                    "--weight_decay", str(weight_decay), "--seed", str(seed))
+    assert recs[1]["grad_norm"] == 0
+    proc = toy.spec(None, "largest")[0]
+    inits = []
+    for s in (seed, 1 - seed):
+        torch.manual_seed(s)
+        inits.append(toy.text_model(proc).state_dict())
+    final = load_file(str(tmp_path / "r" / "final" / "model.safetensors"))
+    for k, v in final.items():
+        torch.testing.assert_close(v, inits[0][k] * (1 - lr * weight_decay), rtol=1e-6, atol=0)
+    assert any(not torch.equal(v, inits[1][k]) for k, v in final.items())  # the seed matters
+
+
+def test_grad_clip_bounds_the_first_adamw_step(tmp_path, monkeypatch):
+    """OPSD's JSD gives a gradient at step 1 without a cold start. AdamW's first step moves each
+    weight by lr g / (|g| + eps), g the clipped gradient: about lr for --grad_clip 1, at most
+    lr x clip / eps (eps = 1e-8) for a clip of 1e-12. Bug caught: --grad_clip not reaching
+    clip_grad_norm_."""
+    from safetensors.torch import load_file
+    lr, eps = 0.01, 1e-8
+    torch.manual_seed(0)
+    init = toy.text_model(toy.spec(None, "largest")[0]).state_dict()
+    moved, norm = {}, {}
+    for clip in (1.0, 1e-12):
+        name = f"clip{clip}"
+        norm[clip] = run_main(tmp_path, monkeypatch, name, "--algo", "opsd", "--lr", str(lr),
+                              "--weight_decay", "0", "--grad_clip", str(clip))[1]["grad_norm"]
+        final = load_file(str(tmp_path / name / "final" / "model.safetensors"))
+        moved[clip] = max((v - init[k]).abs().max().item() for k, v in final.items())
+    assert norm[1.0] == norm[1e-12] > 1e-6  # the norm before clipping: one rollout, one gradient
+    assert moved[1.0] > 0.5 * lr
+    assert 0 < moved[1e-12] <= lr * 1e-12 / eps * 1.01
+
+
+@pytest.mark.parametrize("decay, lams", [("4", [0.5, 0.375]), ("0", [0.5, 0.5])])
+def test_lam_decay_steps_sets_the_teacher_weights_schedule(tmp_path, monkeypatch, decay, lams):
+    """lam = lam0 (1 - (step - 1) / N), or lam0 throughout for N = 0 (the default N = 50 gives
+    0.49 at step 2: test_end_to_end...). Bug caught: --lam_decay_steps not reaching lam_schedule."""
+    recs = run_main(tmp_path, monkeypatch, "r", "--steps", "2", "--max_new_tokens", "1",
+                    "--lam_decay_steps", decay)
+    assert [r["rlsd/lam"] for r in recs[1:]] == pytest.approx(lams)
+
+
+def test_clip_low_and_clip_high_are_the_surrogates_ratio_clip(tmp_path, monkeypatch):
+    """With one update per rollout rho = 1 and the ratio clip changes no number of a run, so this
+    reads the values train_step hands policy_loss, and shows what they do there: a ratio below
+    1 - clip_low (A < 0) or above 1 + clip_high (A > 0) is clipped (no gradient), others not.
+    Bug caught: the flags not passed on (the defaults 0.2 and 0.28 used instead)."""
+    seen = []
+
+    def spy(*args, real=train.policy_loss):
+        seen.append(args[4:6])  # (clip_low, clip_high), as train_step passes them
+        return real(*args)
+
+    monkeypatch.setattr(train, "policy_loss", spy)
+    run_main(tmp_path, monkeypatch, "r", "--max_new_tokens", "1", "--clip_low", "0.05",
+             "--clip_high", "0.5")
+    assert seen == [(0.05, 0.5)]
+    ratio = torch.tensor([[0.9, 0.97, 1.4, 1.6]])
+    adv = torch.tensor([[-1.0, -1.0, 1.0, 1.0]])
+    logp = ratio.log().requires_grad_()
+    loss, st = rlsd.policy_loss(logp, torch.zeros(1, 4), adv, torch.ones(1, 4), *seen[0])
+    loss.backward()
+    clipped = [r < 1 - 0.05 if a < 0 else r > 1 + 0.5 for r, a in zip(ratio[0], adv[0])]
+    assert clipped == [True, False, False, True] and st["ratio_clipped_tokens"] == 2
+    assert [g == 0 for g in logp.grad[0].tolist()] == clipped
+
+
+def test_gradient_checkpointing_reaches_the_policys_blocks(tmp_path, monkeypatch):
+    """--gradient_checkpointing 1 turns checkpointing on in the policy train.py builds (0: off),
+    and changes no number. Bug caught: the flag not reaching build_sharded."""
+    built = []
+
+    def spy(*args, real=parallel.build_sharded, **kwargs):
+        model = real(*args, **kwargs)
+        built.append(model.is_gradient_checkpointing)
+        return model
+
+    monkeypatch.setattr(parallel, "build_sharded", spy)
+    rec = {flag: run_main(tmp_path, monkeypatch, flag, "--gradient_checkpointing", flag)[1]
+           for flag in ("0", "1")}
+    assert built == [False, False, True, False]  # (policy, teacher) of each run
+    for k in ("loss", "grad_norm", "policy/entropy", "rlsd/delta_mean"):
+        assert rec["1"][k] == pytest.approx(rec["0"][k], rel=1e-5, abs=1e-7), k
+
+
+def test_save_every_min_saves_once_the_minutes_have_passed(tmp_path, monkeypatch):
+    """--save_every_min M saves a checkpoint at the end of a step when M minutes have passed since
+    the last save (with --save_every 0): a tiny M at every step, M = 60 at none. Bug caught: the
+    flag ignored."""
+    saved = {}
+    for minutes in ("1e-9", "60"):
+        run_main(tmp_path, monkeypatch, minutes, "--steps", "2", "--max_new_tokens", "1",
+                 "--save_every", "0", "--save_every_min", minutes)
+        saved[minutes] = sorted(p.name for p in (tmp_path / minutes).iterdir()
+                                if p.name.startswith("checkpoint"))
+    assert saved == {"1e-9": ["checkpoint-1", "checkpoint-2"], "60": []}
+
+
+def test_timeout_min_is_the_process_groups_timeout(tmp_path, monkeypatch):
+    """Bug caught: --timeout_min not reaching init_process_group (a rank would wait 60 minutes)."""
+    import datetime
+    import torch.distributed as dist
+    seen = []
+    real = dist.init_process_group
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("timeout"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "init_process_group", spy)
+    run_main(tmp_path, monkeypatch, "r", "--max_new_tokens", "1", "--timeout_min", "0.5")
+    assert seen == [datetime.timedelta(seconds=30)]
+
+
+CUSTOM_CONFIG = """from transformers import Qwen2Config
+class CustomQwen2Config(Qwen2Config):
+    model_type = "rlsd_test_custom_qwen2"
+"""
+CUSTOM_MODEL = """from transformers import Qwen2ForCausalLM
+from .configuration_custom import CustomQwen2Config
+class CustomQwen2ForCausalLM(Qwen2ForCausalLM):
+    config_class = CustomQwen2Config
+"""
+
+
+def test_trust_remote_code_trains_a_model_dir_that_ships_its_own_code(tmp_path, monkeypatch,
+                                                                       capsys):
+    """A model dir whose config names its own Python classes (auto_map): refused without
+    --trust_remote_code, trained with it. Bug caught: the flag not reaching the config, processor
+    or weights loaders."""
+    proc = toy.spec(None, "largest")[0]
+    torch.manual_seed(0)
+    model_dir = tmp_path / "custom"
+    toy.text_model(proc).save_pretrained(model_dir)
+    proc.save_pretrained(model_dir)
+    (model_dir / "configuration_custom.py").write_text(CUSTOM_CONFIG)
+    (model_dir / "modeling_custom.py").write_text(CUSTOM_MODEL)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(model_type="rlsd_test_custom_qwen2", architectures=["CustomQwen2ForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomQwen2Config",
+                            "AutoModelForCausalLM": "modeling_custom.CustomQwen2ForCausalLM"})
+    (model_dir / "config.json").write_text(json.dumps(config))
+    flags = ["--model", str(model_dir), "--max_prompt_len", "256", "--max_new_tokens", "1"]
+    with pytest.raises((SystemExit, Exception)) as refused:  # a one-line error, or transformers'
+        run_main(tmp_path, monkeypatch, "refused", *flags)
+    assert "custom code" in str(refused.value) + capsys.readouterr().err
+    recs = run_main(tmp_path, monkeypatch, "trusted", *flags, "--trust_remote_code")
+    assert [r["step"] for r in recs] == [0, 1]
+    saved = json.loads((tmp_path / "trusted" / "final" / "config.json").read_text())
+    assert saved["model_type"] == "rlsd_test_custom_qwen2"
+
+
+# ----------------------------------------------------------------------------- every bad input: one line
+def write_inputs(d):
+    """The input files of the bad-input table, in directory d."""
+    import zlib
+
+    from PIL import Image
+    Image.new("RGB", (64, 64), "red").save(d / "ok.png")
+    Image.new("RGB", (1, 400), "red").save(d / "thin.png")
+    Image.new("RGB", (64, 64), "blue").save(d / "full.jpg")
+    jpeg = (d / "full.jpg").read_bytes()
+    (d / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+
+    def chunk(kind, body):
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+    header = (8).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])  # 8 x 8, RGB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data")
+    (d / "undecodable.png").write_bytes(png + chunk(b"IEND", b""))
+
+    def rows(name, *objects):
+        (d / name).write_text("".join(json.dumps(o) + "\n" for o in objects))
+    rows("cut_jpeg.jsonl", {"question": "q", "answer": "1", "image": "cut.jpg"})
+    rows("bad_png.jsonl", {"question": "q", "answer": "1", "image": "undecodable.png"})
+    rows("thin.jsonl", {"question": "q", "answer": "1", "image": "thin.png"})
+    rows("image_row.jsonl", {"question": "q", "answer": "1", "image": "ok.png"})
+    rows("text.jsonl", *[{"question": f"{i} + 1?", "answer": str(i + 1)} for i in range(40)])
+    (d / "deep.jsonl").write_text('{"question": ' + "[" * 100000 + "]" * 100000 + "}\n")
+    (d / "deep_metrics").mkdir()
+    (d / "deep_metrics" / "metrics.jsonl").write_text((d / "deep.jsonl").read_text())
+    (d / "huge_metrics").mkdir()
+    rows("huge_metrics/metrics.jsonl", {"step": 0, "train/reward": 1e308},
+         {"step": 1, "train/reward": -1e308})
+    (d / "bad_config").mkdir()
+    (d / "bad_config" / "config.json").write_text("{not json")
+
+
+def cut_in_half(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def without_flag(path, flag):
+    state = json.loads(path.read_text())
+    del state["args"][flag]
+    path.write_text(json.dumps(state))
+
+
+# damage done to the copy of the trained run before the command: {name: function of the run dir}
+DAMAGE = {
+    "state-garbage": lambda run: (run / "checkpoint-2/trainer/state.json").write_text("{oops"),
+    "state-cut": lambda run: cut_in_half(run / "checkpoint-2/trainer/state.json"),
+    "distcp-cut": lambda run: cut_in_half(run / "checkpoint-2/trainer/__0_0.distcp"),
+    "rng-cut": lambda run: cut_in_half(run / "checkpoint-2/trainer/rng-0.safetensors"),
+    "old-checkpoint": lambda run: without_flag(run / "checkpoint-2/trainer/state.json",
+                                               "max_bad_steps"),
+    "weights-cut": lambda run: cut_in_half(run / "final/model.safetensors"),
+}
+
+# (id, command, damage). {d}: a directory holding write_inputs' files; {run}: a copy of a trained
+# run (2 steps, checkpoint-1 and checkpoint-2), damaged as DAMAGE[damage] says
+BAD_INPUTS = [
+    ("image-truncated-jpeg", "train.py --data {d}/cut_jpeg.jsonl --model tiny-vl", None),
+    ("image-undecodable-png", "train.py --data {d}/bad_png.jsonl --model tiny-vl", None),
+    ("image-1x400", "train.py --data {d}/thin.jsonl --model tiny-vl", None),
+    ("image-on-text-model", "train.py --data {d}/image_row.jsonl", None),
+    ("lr-nan", "train.py --lr nan", None),
+    ("temperature-nan", "train.py --temperature nan", None),
+    ("eps_w-nan", "train.py --eps_w nan", None),
+    ("top_p-nan", "train.py --top_p nan", None),
+    ("lam0-nan", "train.py --lam0 nan", None),
+    ("clip_low-nan", "train.py --clip_low nan", None),
+    ("grad_clip-nan", "train.py --grad_clip nan", None),
+    ("timeout_min-inf", "train.py --timeout_min inf", None),
+    ("gen_mem_gb-inf", "train.py --gen_mem_gb inf", None),
+    ("lr-not-a-number", "train.py --lr abc", None),
+    ("unknown-flag", "train.py --lrr 1", None),
+    ("group_size-1", "train.py --group_size 1", None),
+    ("template-kwargs-tokenize", "train.py --chat_template_kwargs '{{\"tokenize\": true}}'", None),
+    ("data-deep-json", "train.py --data {d}/deep.jsonl", None),
+    ("model-bad-config", "train.py --model {d}/bad_config", None),
+    ("model-weights-cut", "train.py --model {run}/final", "weights-cut"),
+    ("model-hub-id-offline", "train.py --model gpt2", None),
+    ("resume-state-garbage", "train.py --resume --out {run}", "state-garbage"),
+    ("resume-state-cut", "train.py --resume --out {run}", "state-cut"),
+    ("resume-distcp-cut", "train.py --resume --out {run}", "distcp-cut"),
+    ("resume-rng-cut", "train.py --resume --out {run}", "rng-cut"),
+    ("resume-before-a-flag", "train.py --resume --out {run}", "old-checkpoint"),
+    ("resume-other-algo", "train.py --resume --out {run} --algo grpo", None),
+    ("resume-path-other-out", "train.py --resume {run}/checkpoint-2 --out {d}/elsewhere", None),
+    ("weights-non-finite", "train.py --lr 1e30 --steps 3 --warmup_steps 0 --eval_size 16", None),
+    ("verify-deep-json", "verify.py --jsonl {d}/deep.jsonl", None),
+    ("plot-deep-json", "plot.py {d}/deep_metrics -o {d}/out.png", None),
+    ("bench-gpus-0", "bench.py --plan Qwen3-8B --gpus 0", None),
+    ("compare-steps-0", "compare.py --steps 0 --out {d}/cmp", None),
+    ("compare-eval_size-0", "compare.py --out {d}/cmp -- --eval_size 0", None),
+    ("sample-n-negative", "sample.py {run}/final 1+1 --n -1", None),
+    ("sample-max_new_tokens-0", "sample.py {run}/final 1+1 --max_new_tokens 0", None),
+    ("sample-image-text-model", "sample.py {run}/final q --image {d}/ok.png", None),
+    ("sample-eval-image-rows", "sample.py {run}/final --eval {d}/image_row.jsonl", None),
+    ("sample-response-no-heatmap", "sample.py {run}/final q --response 5", None),
+    ("sample-weights-cut", "sample.py {run}/final q", "weights-cut"),
+]
+NEW_RUN = {"weights-non-finite"}  # a run that starts, then stops: its --out is new
+
+
+def tree(root):
+    """{relative path: file bytes, or None for a directory} of everything under root."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        found[str(path.relative_to(root))] = None if path.is_dir() else path.read_bytes()
+    return found
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 2-step run of the built-in model with a checkpoint after each step."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--steps", "2",
+                    "--warmup_steps", "0", "--save_every", "1", "--eval_size", "16",
+                    "--prompts_per_step", "8", "--out", str(out)],
+                   check=True, capture_output=True, env=offline_env())
+    return out
+
+
+def offline_env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def bad_input_problem(case, command, damage, d, trained_run):
+    """What is wrong with what `command` does in directory d (None if nothing): an exit code other
+    than 2, not exactly one `error:` line, one that does not end stderr, a traceback, or a change
+    under d (a new --out aside for a run that starts)."""
+    write_inputs(d)
+    run = d / "run"
+    shutil.copytree(trained_run, run)
+    if damage:
+        DAMAGE[damage](run)
+    argv = shlex.split(command.format(d=d, run=run))
+    if argv[0] == "train.py" and "--out" not in argv:
+        argv += ["--out", str(d / "out")]
+    before = tree(d)
+    res = subprocess.run([sys.executable, os.path.join(HERE, argv[0]), *argv[1:]], cwd=d,
+                         capture_output=True, text=True, env=offline_env(), timeout=300)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    ends_with_it = len(errors) == 1 and res.stderr.rstrip("\n").endswith(errors[0])
+    if res.returncode != 2 or not ends_with_it or "Traceback" in res.stderr:
+        return f"{case}: exit {res.returncode}, stderr:\n{res.stderr[-3000:]}"
+    after = tree(d)
+    if case in NEW_RUN:
+        after = {k: v for k, v in after.items() if not k.startswith("out")}
+    if after != before:
+        changed = sorted(set(after.items()) ^ set(before.items()))
+        return f"{case}: changed {[name for name, _ in changed]}"
+    return None
+
+
+def test_every_bad_input_gives_one_error_line_and_changes_nothing(tmp_path, trained_run):
+    """Each BAD_INPUTS case in a subprocess, two at a time (CI has two cores); all the problems are
+    reported together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(case):
+        d = tmp_path / case[0]
+        d.mkdir()
+        return bad_input_problem(*case, d, trained_run)
+    with ThreadPoolExecutor(2) as pool:
+        problems = [p for p in pool.map(problem, BAD_INPUTS) if p]
+    assert not problems, "\n\n".join(problems)
+
+
+def checkpoints(run):
+    """{relative path: bytes} of the run's checkpoint-N directories."""
+    return {k: v for k, v in tree(run).items() if k.startswith("checkpoint-")}
+
+
+def test_a_full_disk_at_a_save_gives_one_line_and_keeps_the_earlier_checkpoints(tmp_path,
+                                                                                trained_run):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = checkpoints(run)
+
+    def small_files_only():  # a write past 100 kB fails with EFBIG, as a full disk fails writes
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+    res = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--resume", "--steps", "3",
+                          "--out", str(run)], capture_output=True, text=True, env=offline_env(),
+                         preexec_fn=small_files_only, timeout=300)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot save {run}/checkpoint-3 (")
+    assert "File too large" in errors[0]
+    assert errors[0].endswith("the earlier checkpoints are kept: free some space, then resume "
+                              "(--resume)")
+    assert checkpoints(run) == before  # and no checkpoint-3 nor checkpoint-3.tmp
+
+
+@pytest.mark.parametrize("damage", ["cut", "blank"])
+def test_resume_drops_a_metrics_line_cut_short_says_so_and_goes_on(damage, tmp_path,
+                                                                   trained_run):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    metrics = run / "metrics.jsonl"
+    whole = metrics.read_text()
+    # a crash while step 3's line was written; step 3 never saved, so the resume redoes it
+    tail = {"cut": '{"step": 3, "train/rew', "blank": "\n\n"}[damage]
+    metrics.write_text(whole + tail)
+    res = subprocess.run([sys.executable, os.path.join(HERE, "train.py"), "--resume", "--steps", "3",
+                          "--out", str(run)], capture_output=True, text=True, env=offline_env(),
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    if damage == "cut":
+        assert f"--resume: {metrics}:{whole.count(chr(10)) + 1}, a line cut short, dropped" in res.stdout
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+
+
+def test_plot_draws_a_metric_too_large_to_scale_as_it_draws_inf(tmp_path):
+    write_inputs(tmp_path)
+    res = subprocess.run([sys.executable, os.path.join(HERE, "plot.py"),
+                          str(tmp_path / "huge_metrics"), "-o", str(tmp_path / "huge.png")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    assert (tmp_path / "huge.png").stat().st_size > 0
+
+
+def test_under_torchrun_an_error_is_one_line_and_torchrun_reports_it(tmp_path):
+    """Both ranks find the weights non-finite after the update: rank 0 prints the line, each
+    worker's error file gives torchrun the same line as its 'traceback'; no worker traceback."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "train.py", "--lr", "1e30", "--steps", "3", "--warmup_steps", "0", "--eval_size", "4",
+           "--prompts_per_step", "8", "--out", str(tmp_path / "out")]
+    res = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, env=offline_env(),
+                         timeout=300)
+    line = ("error: the weights became NaN or inf in this step's optimizer update: lower --lr (or "
+            "--weight_decay); the earlier checkpoints are as they were")
+    assert res.returncode != 0
+    assert res.stderr.splitlines().count(line) == 1, res.stderr
+    assert f"traceback : {line}" in res.stderr
+    assert f'File "{HERE}' not in res.stderr  # torchrun's own traceback only

@@ -217,6 +217,7 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, logp_teacher=None, te
     ok = math.isfinite(totals["loss"]) and math.isfinite(grad_norm)
     if ok:
         opt.step()
+        check_weights_finite(model, device)
     opt.zero_grad(set_to_none=True)
 
     tokens = max(totals["tokens"], 1.0)
@@ -237,6 +238,18 @@ def train_step(model, opt, batch, *, algo="rlsd", lam=0.5, logp_teacher=None, te
 
 
 @torch.no_grad()
+def check_weights_finite(model, device):
+    """UserError on every rank if any weight is NaN or inf after the optimizer step: the next
+    rollout would sample from NaN probabilities. A finite loss and gradient do not rule it out
+    (AdamW's decoupled weight decay alone blows the weights up at --lr 1e30)."""
+    shards = [getattr(p, "_local_tensor", p) for p in model.parameters()]  # this rank's shards
+    finite = torch.stack([torch.isfinite(shard).all() for shard in shards]).all()
+    bad_ranks = all_reduce_sum([float(not finite.item())], device)[0]
+    if bad_ranks:
+        raise UserError("the weights became NaN or inf in this step's optimizer update: lower "
+                        "--lr (or --weight_decay); the earlier checkpoints are as they were")
+
+
 def update_batch(roll, adv, images, G, teacher_prompts=None):
     """The update's rows: each prompt repeated for its G responses, with their advantages [N].
     teacher_prompts (ids, mask) [B, P'], for OPSD, which scores each response under its teacher
@@ -321,8 +334,8 @@ def initial_weights(args, proc, config, save_dtype, train_rows):
     model (given its format cold start on a built-in task)."""
     source_dir = args.init_from or args.model
     if source_dir and source_dir != "tiny-vl":
-        source = hf.model_class(config).from_pretrained(source_dir, dtype=save_dtype,
-                                                        trust_remote_code=args.trust_remote_code)
+        source = hf.load_weights(config, source_dir, dtype=save_dtype,
+                                 trust_remote_code=args.trust_remote_code)
         return source.state_dict()
     if hf.is_vision_model(config):
         source = toy.vl_model(proc)

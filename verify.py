@@ -7,24 +7,29 @@ never closed means no answer yet (rule unclosed_think). Then the first of these 
      (reward 0). The content starts at the first <answer> after the </answer> before it, so
      "<answer>x<answer>9</answer>" answers "x<answer>9" (reward 0).
   2. boxed: the content of the last \\boxed{...} or \\fbox{...} (nested braces; if that one is not
-     closed within MAX_SCAN characters, none), unless "Final Answer:" or "final answer is" follows.
+     closed within MAX_SCAN characters, none), unless "Final Answer:" or "final answer is" follows,
+     or a TAKEBACK within REACH characters. Up to MAX_BOXES boxes joined by nothing but BOX_JOINER
+     ("," ";" "and", "$, $", "x =") give their contents as a list ("\\boxed{2}, \\boxed{3}" ->
+     "2, 3"); joined by "or" they offer several answers ("2 or 3", which equals nothing).
   3. answer_is: X after the last "answer is", unless a HEDGE precedes it in its sentence ("I guess
      the answer is"). X ends at a line end, or at "." or "!" before a space ("80!" is 80).
   4. answer_line: X after the last "Answer:" that is at most 80 characters into its line (not the
      end of a longer word; spaces, * and _ may precede the colon), or after a "####" opening a line
      (GSM8K). X ends at a line end or at "." before a space.
-     Rules 3 and 4 read the last MAX_SCAN characters, and are skipped when a CORRECTION follows
-     within REACH characters ("The answer is 80. Wait, no, it's 81"). Their X is the answer if bare
-     (a value, a list, a matrix or choice letters); else what follows its last is/are/equals/was
-     becomes X if that is bare or at most 3 words ("The volume is 120" -> 120); then the answer is
-     X's sole value or letter by rule 9, no conclusion needed ("Jane started 3 hours ago" -> 3),
-     else X as text.
-  Rules 5-9 read the text without up to 3 closing COURTESY sentences that hold no digit ("I hope
-  this helps!").
+     Rules 3 and 4 read the last MAX_SCAN characters, and are skipped when a CORRECTION or a
+     TAKEBACK ("I may have slipped", "not 100% sure") follows within REACH characters ("The answer
+     is 80. Wait, no, it's 81"). Multiple choice: a closing RULED_OUT tail is dropped from X first
+     ("C, certainly not A or D", "B rather than D", "D (A and B are ruled out)"). X is the answer
+     if bare (a value, a list, a matrix or choice letters); else what follows its last is, are,
+     equals or was becomes X if that is bare or at most 3 words ("The volume is 120" -> 120);
+     then the answer is X's sole value or letter by rule 9, no conclusion needed ("Jane started 3
+     hours ago" -> 3), else X as text.
+  Rules 5-9 read the text without up to 3 closing COURTESY sentences that hold no digit and no
+  TAKEBACK ("I hope this helps!", but not "Hope that's right, I may have slipped").
   5. leading_value (not for multiple choice; a text of at most REACH characters): an opening plain
      number, bold or not, then "." or "!" and a space, or a line end, and more text ("80. To get
      this, I added 51 and 29."). Not when the text has a numbered-list line or the word "step" or
-     "steps" anywhere, nor when a HEDGE_NUMBER or a CORRECTION follows the number.
+     "steps" anywhere, nor when a HEDGE_NUMBER, a CORRECTION or a TAKEBACK follows the number.
   6. math_only: the content of the whole text, else of its last line, when that is exactly one
      MATH_ONLY span ($...$, $$...$$, \\[...\\], \\(...\\)) with no other delimiter inside; not when
      the content is bare ARITHMETIC of plain numbers ("51 + 29").
@@ -35,9 +40,11 @@ never closed means no answer yet (rule unclosed_think). Then the first of these 
   8. leading_choice (multiple choice only): an opening "B.", "(B)", "B)", "B:" or "**B**" naming an
      option, unless the first 1000 characters list labelled options ("A. 3 B. 4").
   9. free_text: the last sentence of the last REACH characters (split after . ! ? and a space,
-     after 。！？, and at line ends), of at most MAX_SENTENCE characters. Refused when a HEDGE or an
-     echo of the task is anywhere in it (maybe, could, question, "?", ...).
-     Multiple choice: its last standalone option letter. "I" before a lowercase word is the
+     after 。！？, and at line ends), of at most MAX_SENTENCE characters. Refused when a HEDGE (a
+     TAKEBACK included) or an echo of the task is anywhere in it (maybe, could, question, "?", ...).
+     Multiple choice: up to 3 closing RULED_OUT tails are dropped first (", not A or D", "; A and D
+       are wrong", "，不是A或D", "et non A ou D"), then its last standalone option letter (a CJK
+       character next to it is no word: 答案是C). "I" before a lowercase word is the
        pronoun; "A" before one is the article unless the word is in NOT_ARTICLE (a verb, and, or).
        Refused when the sentence is only letters (no word of two letters, and not opening with **),
        lists labelled options, joins the last two letters by nothing but spaces, "," "/" "&" or
@@ -45,13 +52,20 @@ never closed means no answer yet (rule unclosed_think). Then the first of these 
        ("So B is wrong"). With no letter in the sentence, the number rule.
      Otherwise: its sole value. Values are PLAIN_NUMBERs (1,250; 3/4; 12:30; 30 %; eighty-one) and
        math spans with a digit or \\pi ("$1.45 and $2" is currency, no span); after an "=" only
-       the values after the last one count. They are counted from the clause of a CONCLUSION word
-       or from after a RESULT verb, the last of these (of the last 8) with a value after it, else
-       from the start of the sentence: the operands of "The sum of 51 and 29 is 80" do not count.
+       the values after the last one count. A sentence that opens with its value as the subject
+       (VALUE_SUBJECT: "96 is the product of 12 and 8") answers that value unless it hedges, has a
+       NEGATION or points at a number. Else values are counted from the clause of a CONCLUSION word
+       or from after a RESULT verb or a STATING_VERB (a present-tense verb of amount before a value
+       and a unit or noun: "The train covers 90 km"; not "had", "holds"), the last of these (of the
+       last 8) with a value after it, else from the start of the sentence: the operands of "The sum
+       of 51 and 29 is 80" do not count.
        Refused unless there is exactly one value, when "or" or another HEDGE_NUMBER is anywhere in
        the sentence, and when the value's clause has a NEGATION ("not 5"; but "If we multiply 7 by
-       8, we get 56" keeps 56). The sentence must conclude: a CONCLUSION word, a RESULT verb, an "="
-       before the counted values or a BOLD number (**42**). So a question's numbers, echoed, earn 0.
+       8, we get 56" keeps 56), and when the sentence points at a number: EXAMINING it ("Take 8
+       first.", "Looking at 8") or, with no CONCLUSION word, naming it by POSITIONAL ("The second
+       value is 6."). The sentence must conclude: a CONCLUSION word, a RESULT or STATING_VERB, an
+       "=" before the counted values or a BOLD number (**42**). So a question's numbers, echoed,
+       earn 0.
 
 EQUIVALENCE (is_equivalent). Both sides are normalized first: WRAPPERS ($...$, \\boxed{...},
 **...**, \\text{...}) stripped; \\left, \\right, LaTeX spaces, degrees, \\, \\! "\\$" and "$"
@@ -70,7 +84,8 @@ dropped ("5 cm" -> 5, not "5 is too small"). Then:
   - multiple choice, when the reference names letters: (B), B., B), "B) text", "Option B", or
     with `options` an option's text; the sets of letters must match ("A, C" is not "A"). Without
     options a reference counts as a letter only as B or (B), or as several letters.
-  - matrices equal matrices of the same shape element by element; tuples and intervals equal
+  - matrices (pmatrix, bmatrix and kin, or an array in brackets) equal matrices of the same shape
+    element by element, whatever the environment; tuples and intervals equal
     element-wise in order, and brackets must match ((0, 1] is not [0, 1]; +\\infty = \\infty);
     a bare list (split at top-level commas, else semicolons) equals a bracketed one in order, and
     a bare list or a \\{set\\} in any order (a set never equals a tuple).
@@ -78,24 +93,29 @@ dropped ("5 cm" -> 5, not "5 is too small"). Then:
     a/b, \\frac and kin, scientific notation; closed forms (\\sqrt, \\pi, ^, n!) by a small bounded
     evaluator, no eval; a decimal with 4+ significant digits also equals a value that is no plain
     decimal and rounds to it at its places (2.6667 = 8/3; 0.333 != 1/3).
-  - percentages: x% equals x and x/100 (50% = 50 = 0.5, but 0.5 != 50).
+  - polynomials in one-letter variables (+ - products, powers up to MAX_POWER, division by a
+    number, \\frac; at most MAX_TERMS terms; no word, and an operator on both sides) equal when
+    their normal forms do (\\frac{y}{5} + \\frac{3}{5} = \\frac{y+3}{5}; 2(x+1) = 2x + 2), and
+    polynomial equations when one is the other times a nonzero number (-x^2 + 3x - 2 = 0 is
+    x^2 - 3x + 2 = 0).
+  - percentages: x% equals x and x/100 (50% = 50 = 0.5, but 0.5 != 50); against y%, only y.
   - decimal commas (reward only, as it sees the response): "3,5" is 3.5 in a response whose last
     REACH characters show a language that writes them (DECIMAL_COMMA_TEXT), unless the reference is
-    a choice or a list, or "3,500" reads as grouping; else 3,5 is a list.
+    a choice or a list, or "3,500" reads as grouping; in any language, a DECIMAL_COMMA_PLAIN (3,75,
+    0,5, 3,1416) against a reference written as a decimal (3.75); else 3,5 is a list.
 Linear time in the response length. extract_with_rule and is_equivalent may raise on odd input;
 reward never raises (an exception scores 0).
 
 CLI: python verify.py RESPONSE ANSWER [--options A_TEXT B_TEXT ...], or --jsonl FILE of rows
 {response, answer[, options]}: prints the accuracy (a UTF-8 BOM is fine; a bad byte, row or file
 prints one "error: ..." line and exits 2)."""
-import argparse
-import math
 import re
-from fractions import Fraction
 from itertools import accumulate
 
+import expr
+from expr import COMMA_GROUPED, MAX_EXPR
+
 MAX_ANSWER = 1000  # a longer extracted answer is compared as plain text only
-MAX_EXPR = 200  # the number parser and the evaluator see at most this many characters
 MAX_SENTENCE = 600  # a longer last sentence holds no free-text answer
 REACH = 4 * MAX_SENTENCE  # how far a correction is looked for; the text rules 5 and 9 read
 MAX_SCAN = 100_000  # answer phrases are looked for in the last this many characters
@@ -117,9 +137,18 @@ STEPS = r"\n\s*\d+[.)]\s|\bsteps?\b"  # a numbered list or "step(s)": no leading
 LEADING_CHOICE = r"\s*(?:\*\*)?\(?([A-Z])(?:\)|\.|:|\*\*)(?=\s|$)"  # "B.", "(B)", "B:", "**B**"
 AFTER_COPULA = r"(?i).*\b(?:is|are|equals|was)\s+(.+)"  # "The volume is 120" -> "120"
 
+# doubt after the answer that takes it back: "I may have slipped", "I might be wrong", "not 100%
+# sure", "please double-check this", "take it with a grain of salt"
+TAKEBACK = re.compile(
+    r"\b(?:may|might|could)(?: well)? (?:have (?:slipped|erred|messed up|miscalculated|miscounted|"
+    r"gotten it wrong|got it wrong|made (?:a|an|some)(?: \w+)? (?:mistakes?|errors?|slips?))|"
+    r"be (?:wrong|mistaken|off|incorrect))\b|\bnot (?:[\w%]+ )?(?:sure|certain|confident)\b|"
+    r"\b(?:unsure|uncertain)\b|grain of salt|\bdon'?t (?:quote|trust) me\b|"
+    r"\b(?:just|only) (?:a|my) guess\b|\bdouble[- ]check (?:this|that|it|me|my)\b", re.I)
 HEDGE = re.compile(
     r"\b(?:maybe|perhaps|possibly|probably|likely|might|unsure|not sure|guess|either|could|"
-    r"suppose|assume|whether|question|asks?|asked|told|estimate)\b|[?？؟]|可能|也许|如果", re.I)
+    r"suppose|assume|whether|question|asks?|asked|told|estimate)\b|[?？؟]|可能|也许|如果|"
+    + TAKEBACK.pattern, re.I)
 # for numbers "or" hedges too: "3 or 4"
 HEDGE_NUMBER = re.compile(HEDGE.pattern + r"|\bor\b|或", re.I)
 # negations, bounds and conditions: they refuse the value or letter in their clause
@@ -127,7 +156,8 @@ NEGATION = re.compile(
     r"\b(?:not|cannot|never|wrong|incorrect|false|invalid|impossible|fails?|eliminated|ruled? out|"
     r"excluded?|at least|at most|more than|less than|fewer than|greater than|(?<!add )(?<!adds )"
     r"up to|except|instead|about|around|approximately|roughly|nearly|almost|if|let|find|what|"
-    r"how many|how much|given|consider|examine|analy[sz]e)\b|n't\b|不是", re.I)
+    r"how many|how much|given|consider|examine|analy[sz]e|nicht|pas|non(?!-)|ni|nem|não|né|"
+    r"не)\b|n't\b|不是|并非|並非|而非", re.I)
 CORRECTION = re.compile(
     r"\b(?:wait|oops|sorry|correction|mistake|actually|hmm|i mean|no,|wrong|incorrect|not right|"
     r"re-?check|double-check|recalculate|recompute)", re.I)
@@ -148,8 +178,20 @@ CONCLUSION = re.compile(
     r"now|left|remaining|in all|together|daher|somit|insgesamt|ergebnis|antwort|donc|ainsi|"
     r"réponse|résultat|entonces|respuesta|resultado|portanto|então|resposta|quindi|dunque|"
     r"risposta|totale|итак|поэтому|значит|всего|итого|ответ|решение|yani|toplam|cevap|solution|"
-    r"lösung|solución|solução|soluzione)\b|所以|因此|因而|总共|一共|共有|答案|合计|よって|"
+    r"lösung|solución|solução|soluzione|відповідь|απάντηση|jawaban|đáp án|trả lời)\b|所以|因此|"
+    r"因而|总共|一共|共有|答案|答|合计|정답|답|よって|"
     r"したがって|合計|答え|따라서|그러므로|إذن|لذلك|المجموع|الإجابة|इसलिए|कुल|उत्तर", re.I)
+# a sentence that points at one of the question's numbers by position: "The second value is 6";
+# it answers only with a CONCLUSION word ("So the second value is 6")
+POSITIONAL = re.compile(
+    r"\b(?:the|its|our|this)\s+(?:first|second|third|fourth|fifth|1st|2nd|3rd|[4-9]th|next|"
+    r"given|original|initial)\s+(?:numbers?|values?|terms?|ones?|integers?|digits?|operands?|"
+    r"factors?|addends?|entr(?:y|ies)|elements?|quantit(?:y|ies))\b", re.I)
+# a sentence that takes up a number to examine it answers nothing: "Take 8 first.", "Looking at 8"
+EXAMINING = re.compile(
+    r"^\W*(?:(?:now|first|next|then)\W+)?(?:take|taking|pick|picking|choose|choosing|"
+    r"look(?:ing)? at|start(?:ing)? with|begin(?:ning)? with|focus(?:ing)? on|try|trying|check|"
+    r"checking|test|testing)\b|\bfirst\W*$", re.I)
 BOLD = re.compile(r"\*\*[^*]*\d[^*]*\*\*|__[^_]*\d[^_]*__|\\textbf\{[^{}]*\d")
 # math spans; a $...$ with a word in it is none: "$1.45 and $2" is currency
 MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\((.+?)\\\)|\\\[(.+?)\\\]|"
@@ -168,8 +210,48 @@ PLAIN_NUMBER = re.compile(r"(?<![A-Za-z0-9.,])(?:(?:negative|minus)\s+)?"
                           r"(?:-?\d+(?:[.,]\d+)*(?:/\d+)?(?::\d+)*|" + SPELLED + r")"
                           r"(?:\s*(?:\\?%|percent\b))?")
 
-# a standalone capital letter, in parentheses or not (multiple choice in free text)
-LETTER = re.compile(r"(?<![\w\\$'’])\(?([A-Z])\)?(?![\w'’])")
+# kana, hanzi, hangul and full-width forms: no word around a choice letter
+CJK = r"\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef"
+# words after a value that make it no amount of a thing: "8 to her friend", "5 more than"
+NOT_A_NOUN = (r"(?:to|away|from|into|of|by|for|and|or|with|in|on|at|out|more|less|times|than|"
+              r"over|off|back|up|down|first|then|each|per)")
+# a sentence that opens with its value as the subject: "96 is the product of 12 and 8."
+VALUE_SUBJECT = re.compile(r"\W*(" + PLAIN_NUMBER.pattern + r")\s+(?:is|was)\s+(?:the|our)\s")
+# a verb in the present tense that states a value, right before it (a value and a unit or noun, or $
+# and a value, follow): "The train covers 90 km.", "She saves $45 each week."; not a past tense or
+# a verb of holding, which restate a premise ("Tom had 5 apples.", "Each box holds 6 eggs.")
+STATING_VERB = re.compile(
+    r"(?<=[a-z] )(?:(?:cover|travel|run|drive|walk|swim|ride|save|earn|spend|pay|sell|buy|collect|"
+    r"read|write|score|win|weigh|measure|use|receive|raise|produce|bake|consume|charge|owe|invest)"
+    r"(?:e?s)?|fl(?:y|ies))\s+(?=\$\s?\d|\d[\d,.]*\s*(?:%|(?!" + NOT_A_NOUN
+    + r"\b)[A-Za-z]))")
+
+# a standalone capital letter, in parentheses or not (multiple choice in free text); a CJK character
+# next to it is no word around it: 答案是C
+LETTER = re.compile(r"(?<![^\W" + CJK + r"]|[\\$'’])\(?([A-Z])\)?(?![^\W" + CJK + r"]|['’])")
+# one option letter in a list of ruled-out ones: "A", "(A)", "**A**"
+RULED_LETTER = r"(?:\*\*)?\(?[A-Z]\)?(?:\*\*)?"
+# what joins ruled-out letters: "A or D", "A, B and D", "A ni D", "A或D"
+RULED_JOIN = (r"\s*(?:[,/&、，或和与及]|\b(?:or|nor|and|ou|ni|et|oder|noch|und|o|y|e|nem|né|"
+              r"или|ни|и)\b)\s*")
+RULED_LETTERS = RULED_LETTER + r"(?:" + RULED_JOIN + RULED_LETTER + r")*"
+# a negation that rules the letters after it out: "certainly not", "rather than", "et non", "不是"
+RULING_OUT = (r"(?:(?:and|but|certainly|definitely|surely|clearly|obviously|absolutely|et|mais|"
+              r"certainement|und|aber|sicher|y|pero|e|mas|ma|а|и|конечно)\s+)*"
+              r"(?:(?:not|never|rather than|instead of|nor|non|pas|nicht|keinesfalls|no|ni|não|"
+              r"nem|né|не)\b|而不是|并非|並非|而非|不是|非)\s*(?:(?:options?|choices?)\s+)?")
+# a verdict that rules the letters before it out: "are wrong", "can be ruled out", "都错"
+RULED_OUT_VERDICT = (r"(?:(?:is|are|was|were|can be|must be|all|both|clearly|definitely|"
+                     r"sont|sind|son|são|sono|tous|alle|是|都是|都|均|被)\s*)*"
+                     r"(?:wrong|incorrect|false|ruled out|eliminated|excluded|impossible|invalid|"
+                     r"faux|fausses?|incorrecte?s?|falsch|incorrect[oa]s?|errad[oa]s?|sbagliat[ei]|"
+                     r"неверн\w*|ошибочн\w*|错误|错|不对|不正确|排除|不成立)")
+# a closing tail that rules other options out after the chosen one (multiple choice): ", certainly
+# not A or D", " rather than D", "; A and D are wrong", " (A and B are ruled out)", "，不是A或D"
+RULED_OUT = re.compile(
+    r"\s*[,;:，；(（—–-]?\s*(?:" + RULING_OUT + RULED_LETTERS
+    + r"(?:\s*" + RULED_OUT_VERDICT + r")?|" + RULED_LETTERS + r"\s*" + RULED_OUT_VERDICT
+    + r")\s*[)）]?[\s.!。！]*$")
 # only spaces, "," "/" "&" "*" and at most one "or"/"and": "C or D", "A, C" offer several letters
 LETTER_JOINER = (r"(?i)[\s,/&*]*(?:(?:or|and|und|oder|et|ou|y|o|или|и)\b[\s,*]*)?"
                  r"|[\s,*]*(?:或|和)[\s,*]*")
@@ -178,7 +260,8 @@ OPTION_LABEL = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|([A-Z])[.)])[ \t]+(?!(?:or|an
                           re.M)
 # after "A", these words make it a letter ("A is correct"), others an article ("A triangle")
 NOT_ARTICLE = {"is", "was", "must", "should", "would", "will", "fits", "works", "holds", "matches",
-               "satisfies", "remains", "gives", "meets", "seems", "appears", "and", "or"}
+               "satisfies", "remains", "gives", "meets", "seems", "appears", "and", "or", "nor",
+               "ou", "ni", "et", "oder", "und", "noch", "o", "y", "e", "nem"}
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -218,12 +301,12 @@ def extract_with_rule(response, choice=0):
 
     if 0 < len(last) <= MAX_EXPR:
         bare = _normalize(last)
-        if _value(bare.rstrip("%")) is not None and not ARITHMETIC.fullmatch(bare):
+        if expr.value(bare.rstrip("%")) is not None and not ARITHMETIC.fullmatch(bare):
             return last.strip(" ."), "last_line"
         if _letters(bare) and tail.strip() == last:  # a letter only alone
             return last.strip(" ."), "last_line"
         rhs = last.rsplit("=", 1)[-1].strip(" .$")  # what follows the last "="
-        if "=" in last and _value(_normalize(rhs)) is not None:
+        if "=" in last and expr.value(_normalize(rhs)) is not None:
             refused = HEDGE_NUMBER.search(last) or NEGATION.search(last)
             if not (ARITHMETIC.fullmatch(rhs) or refused):
                 return rhs, "last_line"
@@ -243,6 +326,27 @@ def extract_answer(response, choice=0):
     return extract_with_rule(response, choice)[0]
 
 
+def reference_answer(field, solution=False):
+    """The reference a data row's answer field gives. A `solution` (a worked solution) gives its
+    final answer, found by the rules above (None if it has none). An `answer` gives itself,
+    stripped, unless it marks its answer: then the content of its last <answer>...</answer>, else of
+    its last \\boxed{...}, else what follows its last line-opening "####" (GSM8K's worked answers).
+    Nothing else is taken off: "f(x) = x + 1" stays "f(x) = x + 1"."""
+    text = str(field).strip()
+    if solution:
+        return extract_answer(text)
+    marked = _answer_tag(text)
+    if marked is None:
+        marked = _boxed(text)
+    if marked is None:
+        gsm8k = re.findall(r"^####[ \t]*(\S.*)$", text, re.M)
+        if gsm8k:
+            marked = gsm8k[-1].strip()
+    if marked is None:
+        return text
+    return marked
+
+
 def _answer_tag(text):
     """Rule 1: the stripped content of the last <answer>...</answer>, else None."""
     last_close = max(text.rfind("</answer>"), 0)
@@ -254,14 +358,41 @@ def _answer_tag(text):
 
 
 def _boxed(text):
-    """Rule 2: the stripped content of the last box, unless a final-answer statement follows it."""
+    """Rule 2: the stripped content of the last box, unless a final-answer statement or a TAKEBACK
+    follows it; with the boxes just before it that BOX_JOINER joins to it, their contents as a list
+    ("\\boxed{2}, \\boxed{3}" -> "2, 3")."""
     found = _last_braced(text)
     if found is None:
         return None
     content, end = found
-    if FINAL_STATEMENT.search(text, end):
+    if FINAL_STATEMENT.search(text, end) or TAKEBACK.search(text, end, end + REACH):
         return None
-    return content.strip()
+    contents = [content.strip()]
+    separator = ", "
+    before = text[:_box_start(text)]
+    for _ in range(MAX_BOXES - 1):
+        joined = BOX_JOINER.search(before[-MAX_EXPR:])
+        previous = _last_braced(before)
+        if joined is None or previous is None or len(before) - previous[1] != len(joined.group()):
+            break
+        if re.search(r"\bor\b", joined.group()):
+            separator = " or "  # several answers offered: they equal nothing else
+        contents.insert(0, previous[0].strip())
+        before = before[:_box_start(before)]
+    return separator.join(contents)
+
+
+def _box_start(text):
+    """The index of the last "\\boxed{" or "\\fbox{" in text (-1 if none)."""
+    return max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+
+
+MAX_BOXES = 10  # at most this many boxes joined into one list answer
+# what joins boxes into one list answer, between a box and the next: ", ", " and ", "$, $",
+# "\\quad", ", x = "; "or" offers several answers; words do not join ("first \\boxed{2}, then")
+BOX_JOINER = re.compile(
+    r"\$?\s*(?:,|;|\b(?:and|or)\b|\\quad|\\text\{\s*(?:,|and|or)\s*\})\s*(?:,\s*)?\$?\s*"
+    r"(?:[A-Za-z]\s*=\s*\$?\s*)?\Z")
 
 
 def _last_braced(text, commands=("\\boxed", "\\fbox")):
@@ -293,10 +424,16 @@ def _after_answer_is(window, low):
     search_from = max(i - MAX_SENTENCE, 0)
     sentence_starts = [low.rfind(c, search_from, i) + 1 for c in ".!?\n"]
     head = low[max(sentence_starts + [i - MAX_SENTENCE]):i]  # "I guess the " before "answer is"
-    if HEDGE.search(head) or CORRECTION.search(low, i, i + REACH):
+    if HEDGE.search(head) or _corrected(low, i):
         return None
     after = window[i + len("answer is"):].lstrip(" :")
     return re.split(r"\n|[.!](?:\s|$)", after, maxsplit=1)[0].strip(" *")
+
+
+def _corrected(text, start):
+    """True if a CORRECTION or a TAKEBACK follows text[start] within REACH characters."""
+    end = start + REACH
+    return bool(CORRECTION.search(text, start, end) or TAKEBACK.search(text, start, end))
 
 
 def _answer_line(window, low):
@@ -305,7 +442,7 @@ def _answer_line(window, low):
     last = None
     for match in ANSWER_COLON.finditer(low):  # streamed: only the last one is kept
         last = match
-    if last is None or CORRECTION.search(low, last.end(), last.end() + REACH):
+    if last is None or _corrected(low, last.end()):
         return None
     return re.split(r"\n|\.(?:\s|$)", window[last.end():], maxsplit=1)[0].strip(" *.")
 
@@ -314,7 +451,11 @@ def _refine(phrase, choice):
     """The answer inside the text after an answer phrase (rules 3 and 4; its callers strip spaces
     and *): the text itself if bare, else the sole value or letter of it or of what follows its
     last copula, else that text."""
-    if len(phrase) > MAX_EXPR or _structured(phrase):
+    if len(phrase) > MAX_EXPR:
+        return phrase
+    if choice:
+        phrase = _without_ruled_out(phrase)  # "C, certainly not A or D" -> "C"
+    if _structured(phrase):
         return phrase
     copula = re.fullmatch(AFTER_COPULA, phrase)
     if copula:
@@ -332,7 +473,7 @@ def _structured(s):
     normalized = _normalize(s)
     if not normalized:
         return False
-    readers = (_value, _sequence, MATRIX.fullmatch, _letters)
+    readers = (expr.value, _sequence, MATRIX.fullmatch, _letters)
     return any(read(normalized) is not None for read in readers)
 
 
@@ -342,7 +483,7 @@ def _without_courtesy(text):
     end = text[-3 * MAX_SENTENCE:]
     for _ in range(3):
         piece = SENTENCE_END.split(end[-MAX_SENTENCE:])[-1]
-        if COURTESY.fullmatch(piece):
+        if COURTESY.fullmatch(piece) and not TAKEBACK.search(piece):  # not "I may have slipped"
             end = end[:len(end) - len(piece)].rstrip()
     return body + end
 
@@ -354,7 +495,7 @@ def _leading_value(tail, choice):
     m = LEADING.match(tail[:80])  # "80. To get this, I added 51 and 29."
     if m is None or choice or re.search(STEPS, tail):
         return None
-    if HEDGE_NUMBER.search(tail, m.end()) or CORRECTION.search(tail, m.end()):
+    if HEDGE_NUMBER.search(tail, m.end()) or _corrected(tail, m.end()):
         return None
     return m.group(2)
 
@@ -400,23 +541,38 @@ def _sole(s, choice, need_conclusion=True):
     need_conclusion: the sentence must conclude (not after an answer phrase)."""
     if not s or len(s) > MAX_SENTENCE:
         return None
-    letters = [m for m in LETTER.finditer(s)
-               if LETTERS.index(m.group(1)) < choice and _is_letter(s, m)]  # none when choice is 0
+    kept = s
+    if choice:
+        kept = _without_ruled_out(s)  # "C, certainly not A or D" -> "C"
+    letters = [m for m in LETTER.finditer(kept)
+               if LETTERS.index(m.group(1)) < choice and _is_letter(kept, m)]  # none if choice is 0
     if letters:
-        return _final_letter(s, letters)
+        return _final_letter(kept, letters, s)
     return _sole_value(s, need_conclusion)
 
 
-def _final_letter(s, letters):
-    """The last of the option letters (LETTER matches) of sentence s, else None when s hedges, is
-    only letters, lists labelled options, offers several letters or negates the last one."""
+def _without_ruled_out(s):
+    """s without up to 3 closing tails that rule options out (RULED_OUT: "C, not A or D" -> "C"),
+    as long as a letter is left before them."""
+    for _ in range(3):
+        m = RULED_OUT.search(s)
+        if m is None or not LETTER.search(s, 0, m.start()):
+            return s
+        s = s[:m.start()]
+    return s
+
+
+def _final_letter(s, letters, sentence):
+    """The last of the option letters (LETTER matches) of s (the sentence without a ruled-out tail),
+    else None when the sentence hedges, is only letters or lists labelled options, or s offers
+    several letters or negates the last one."""
     last = letters[-1]
     between = "x"  # one letter: nothing joins it to another
     if len(letters) > 1:
         between = s[letters[-2].end():last.start()]
-    lone = not re.search(r"[^\W\d_]{2}|^\*\*", s)  # no word: a lone letter, unless bold
+    lone = not re.search(r"[^\W\d_]{2}|^\*\*", sentence)  # no word: a lone letter, unless bold
     several = re.fullmatch(LETTER_JOINER, between)  # "C or D", "A, C"
-    if HEDGE.search(s) or lone or _lists_options(s) or several:
+    if HEDGE.search(sentence) or lone or _lists_options(sentence) or several:
         return None
     if not _asserted(s, *last.span()):
         return None
@@ -425,11 +581,15 @@ def _final_letter(s, letters):
 
 def _sole_value(s, need_conclusion):
     """The one value sentence s states (see the module docstring, rule 9), else None."""
+    subject = _value_subject(s)
+    if subject is not None:
+        return subject
     clause_starts = [_clause_start(s, m.start()) for m in CONCLUSION.finditer(s)]
     result_ends = [m.end() for m in RESULT.finditer(s)]
-    starts = sorted(clause_starts + result_ends)
+    stating_ends = [m.end() for m in STATING_VERB.finditer(s)]
+    starts = sorted(clause_starts + result_ends + stating_ends)
     values, equals = _counted_values(s, starts)
-    if len(values) != 1 or HEDGE_NUMBER.search(s):
+    if len(values) != 1 or HEDGE_NUMBER.search(s) or _points_at_a_number(s, need_conclusion):
         return None
     if need_conclusion and not (starts or equals or BOLD.search(s)):
         return None
@@ -437,6 +597,23 @@ def _sole_value(s, need_conclusion):
     if not _asserted(s, start, end):
         return None
     return text.strip()
+
+
+def _value_subject(s):
+    """The value that opens sentence s as its subject ("96 is the product of 12 and 8"), unless s
+    hedges, negates, bounds or points at a number; else None."""
+    m = VALUE_SUBJECT.match(s)
+    if m is None or HEDGE_NUMBER.search(s) or NEGATION.search(s) or _points_at_a_number(s, True):
+        return None
+    return m.group(1).strip()
+
+
+def _points_at_a_number(s, need_conclusion):
+    """True if sentence s examines a number (EXAMINING) or, where it must conclude, names one by
+    position without concluding (POSITIONAL): "Take 8 first.", "The second value is 6."."""
+    if EXAMINING.search(s):
+        return True
+    return need_conclusion and bool(POSITIONAL.search(s)) and not CONCLUSION.search(s)
 
 
 def _clause_start(s, pos):
@@ -520,7 +697,6 @@ WRAPPERS = [r"^\$\$(.*)\$\$$", r"^\$(.*)\$$", r"^\\\((.*)\\\)$", r"^\\\[(.*)\\\]
 UNIT = re.compile(r"(.*?(?:\d\s+|\}\s*|%\s*))"
                   r"((?:(?!(?:is|are|was|were|be|not|no|too|than|or|and|but|if|so|"
                   r"it|only)\b)[A-Za-z]{1,12}\.?(?:\^\{?\d\}?|[²³])?\s*){1,3})")
-COMMA_GROUPED = r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?"  # 1,000 and 12,345.5
 SPACE_GROUPED = r"[-+]?\d{1,3}( \d{3})+(\.\d+)?"  # 1 000
 
 
@@ -571,7 +747,7 @@ def _normalize(s):
     unit = UNIT.fullmatch(s)  # 5 cm -> 5, \frac{1}{3} meters -> \frac{1}{3}
     if unit and not MULTI.search(s):
         value = unit.group(1).strip()
-        if _value(value.rstrip("%")) is not None:
+        if expr.value(value.rstrip("%")) is not None:
             s = value
     if re.fullmatch(SPACE_GROUPED, s):
         return s.replace(" ", "")  # 1 000 -> 1000
@@ -608,7 +784,7 @@ def _drop_lhs(s):
     is_name = re.search(r"[A-Za-z]", lhs) and not re.search(r"[\d+\-*^<>!]", bare_name)
     if is_name:
         return rhs
-    if None not in (_value(lhs.strip()), _value(rhs)):  # 51 + 29 = 80
+    if None not in (expr.value(lhs.strip()), expr.value(rhs)):  # 51 + 29 = 80
         return rhs
     return s
 
@@ -626,190 +802,6 @@ def _split_top(s, sep=","):
     starts = [-1, *cuts]
     ends = [*cuts, len(s)]
     return [s[a + 1:b] for a, b in zip(starts, ends)]
-
-
-# ----------------------------------------------------------------------------- numbers
-NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-TOKEN = re.compile(r"\s*(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+|\\[a-zA-Z]+|[-+*/^(){}\[\]!])")
-PRODUCTS = ("*", "/", "\\cdot", "\\times", "\\div")
-IMPLICIT_PRODUCTS = ("(", "{", "\\pi", "\\sqrt", "\\frac")  # 2\sqrt{3}, 3(4); never "3 4"
-CLOSING = {"(": ")", "{": "}", "[": "]"}
-
-
-def _value(s):
-    """(exact Fraction or None, float) of a number or closed form; None if s is neither."""
-    exact = _exact(s)
-    if exact is not None:
-        return exact, float(exact)
-    if not re.search(r"\d|\\pi", s):
-        return None
-    approx = _evaluate(s)
-    if approx is None:
-        return None
-    return None, approx
-
-
-def _exact(s):
-    """Exact value (Fraction) of a plain number, a/b or \\frac{a}{b}; None otherwise."""
-    s = re.sub(r"\s*([/+-])\s*", r"\1", s.strip())  # "- 3", "3 / 4"; but "3 4" is no number
-    if re.fullmatch(COMMA_GROUPED, s):
-        s = s.replace(",", "")  # 1,000 -> 1000
-    s = re.sub(r"\A(-?)\\frac\{(" + NUM + r")\}\{(" + NUM + r")\}\Z", r"\1\2/\3", s)
-    parts = s.split("/")
-    if len(s) > 100 or len(parts) > 2 or not all(re.fullmatch(NUM, part) for part in parts):
-        return None
-    if any(abs(int(e)) > 400 for e in re.findall(r"[eE]([-+]?\d+)", s)):
-        return None  # 1e999999 would build a huge integer
-    denominator = Fraction(1)
-    if len(parts) == 2:
-        denominator = Fraction(parts[1])
-    if not denominator:
-        return None
-    return Fraction(parts[0]) / denominator
-
-
-def _evaluate(s):
-    """Float value of a closed form of TOKENs (implicit products: 2\\sqrt{3}; bounded n! and ^),
-    else None. A recursive-descent parser of
-        expr = term {("+" | "-") term}
-        term = unary {PRODUCTS unary | power after an IMPLICIT_PRODUCTS token}
-        unary = ("-" | "+") unary | power
-        power = atom {"!"} ["^" unary]
-        atom = number | (expr) | {expr} | [expr] | \\pi | \\frac atom atom | \\sqrt [atom] atom"""
-    if len(s) > MAX_EXPR or TOKEN.sub("", s).strip():
-        return None  # too long, or something that is no token
-    tokens = [""] + TOKEN.findall(s)[::-1]  # reversed: tokens[-1] is the next one, "" the end
-    take = tokens.pop
-
-    def expr():
-        v = term()
-        while tokens[-1] in ("+", "-"):
-            if take() == "+":
-                v = v + term()
-            else:
-                v = v - term()
-        return v
-
-    def term():
-        v = unary()
-        while tokens[-1] in PRODUCTS or tokens[-1] in IMPLICIT_PRODUCTS:
-            if tokens[-1] in IMPLICIT_PRODUCTS:
-                v = v * power()
-            elif take() in ("/", "\\div"):
-                v = v / unary()
-            else:
-                v = v * unary()
-        return v
-
-    def unary():
-        if tokens[-1] in ("-", "+"):
-            if take() == "-":
-                return -unary()
-            return unary()
-        return power()
-
-    def power():
-        base = atom()
-        while tokens[-1] == "!":
-            take()
-            if base != int(base) or not 0 <= base <= 100:
-                raise ValueError
-            base = float(math.factorial(int(base)))
-        if tokens[-1] != "^":
-            return base
-        take()
-        exponent = unary()
-        if abs(exponent) > 1000:
-            raise ValueError  # 9^{9^{9}}
-        if base < 0 and exponent != int(exponent):
-            raise ValueError  # no complex roots
-        if base == 0 and exponent < 0:
-            raise ValueError
-        return float(base) ** exponent  # an OverflowError is caught below
-
-    def atom():
-        t = take()
-        if t and (t[0].isdigit() or t[0] == "."):
-            return float(t)
-        if t in CLOSING:
-            v = expr()
-            if take() == CLOSING[t]:
-                return v
-            raise ValueError  # unclosed
-        if t == "\\pi":
-            return math.pi
-        if t == "\\frac":
-            return atom() / atom()
-        if t == "\\sqrt":
-            degree = 2.0
-            if tokens[-1] == "[":
-                degree = atom()  # \sqrt[3]{8}
-            v = atom()
-            if v < 0:
-                raise ValueError
-            return v ** (1 / degree)
-        raise ValueError
-
-    try:
-        v = expr()
-        if tokens != [""] or not math.isfinite(v):
-            return None  # tokens left over, or no finite value
-        return v
-    except (OverflowError, ZeroDivisionError, ValueError, RecursionError):
-        return None
-
-
-def _numbers_equal(a, b):
-    """Equality of two (exact or None, float) values: integers exactly, others within 1e-6
-    relative."""
-    exact_a, float_a = a
-    exact_b, float_b = b
-    if exact_a is None or exact_b is None:
-        return math.isclose(float_a, float_b, rel_tol=1e-6, abs_tol=1e-12)
-    if exact_a.denominator == exact_b.denominator == 1:
-        return exact_a == exact_b
-    return abs(exact_a - exact_b) <= max(abs(exact_a), abs(exact_b)) / 10**6
-
-
-def _values_equal(p, g):
-    """Numeric equality, x% meaning x or x/100, and a rounded decimal equal to its exact value (see
-    _rounded); None if either side is no value."""
-    readings = []  # per side: its value, and its value / 100 when it ends with "%"
-    for s in (p, g):
-        if len(s) > MAX_EXPR:
-            return None
-        value = _value(s.rstrip("%").strip())
-        if value is None:
-            return None
-        side = [value]
-        if s.endswith("%"):
-            exact, approx = value
-            if exact is not None:
-                exact = exact / 100
-            side.append((exact, approx / 100))
-        readings.append(side)
-    p_readings, g_readings = readings
-    if any(_numbers_equal(a, b) for a in p_readings for b in g_readings):
-        return True
-    return _rounded(p, g, g_readings[0]) or _rounded(g, p, p_readings[0])
-
-
-def _rounded(s, other, value):
-    """True if s (4+ significant digits) is `other` (value `value`, no plain decimal) rounded at its
-    decimal places."""
-    m = re.fullmatch(r"[-+]?(\d*)\.(\d+)", s)
-    if not m:
-        return False
-    significant = (m.group(1) + m.group(2)).lstrip("0")
-    if len(significant) < 4 or re.fullmatch(r"[-+]?[\d,]*\.?\d*", other):  # other: no decimal
-        return False
-    places = len(m.group(2))
-    exact, approx = value
-    if exact is None:
-        return abs(approx - float(s)) <= 0.5 * 10.0**-places * (1 + 1e-9)
-    if (exact * 10**places).denominator == 1:
-        return False  # 8/3 -> 2.6667, but not an exact 2.5 against 2.5001
-    return abs(exact - Fraction(s)) <= Fraction(1, 2 * 10**places)
 
 
 # ----------------------------------------------------------------------------- multiple choice
@@ -868,10 +860,16 @@ def _choice_count(answer, options):
 
 
 # ----------------------------------------------------------------------------- equivalence
-MATRIX = re.compile(r"\\begin\{[pbvB]?matrix\}(.*)\\end\{[pbvB]?matrix\}", re.S)
+# a matrix: pmatrix, bmatrix and kin, or an array (its column spec dropped) in brackets or not
+MATRIX = re.compile(r"[(\[]?\s*\\begin\{(?:[pbvB]?matrix\}|array\}\{[lcr|\s]*\})(.*)"
+                    r"\\end\{(?:[pbvB]?matrix|array)\}\s*[)\]]?", re.S)
 MULTI = re.compile(r"\s(?:or)\s|\\(?:text|mbox)\{\s*or\s*\}|\\lor")  # several answers
 FUNCTION = re.compile(r"[\s$]*([A-Za-z])\(\s*([a-z])\s*\)\s*=")
 DECIMAL_COMMA_NUMBER = r"[-+]?\d+,(?:\d{1,2}|\d{4,})%?"  # 3,5 but not 3,500
+DECIMAL = r"[-+]?\d*\.\d+%?"  # a reference written with a decimal point: 3.75
+# a decimal comma in any language, against a DECIMAL: 3,75 or 0,5 or 3,1416 (3,5 and 3,4 read as
+# lists, 3,500 as grouping)
+DECIMAL_COMMA_PLAIN = r"[-+]?(?:\d+,(?:\d{2}|\d{4,})|0,\d+)%?"
 DECIMAL_COMMA_TEXT = re.compile(
     r"[а-яё]|[äöüßéèêëàâçñãõóòúùíìłąęśźżčřšžåøæ]|\b(?:ist|und|der|die|das|est|"
     r"es|la|el|le|il|de|donc|les|por|los|las|una|sono|della|jest|wynosi|het|een)\b",
@@ -938,7 +936,10 @@ def _compare(p, g):
     p_sequence = _sequence(p)
     g_sequence = _sequence(g)
     if not (p_sequence or g_sequence):
-        return bool(_values_equal(p, g))
+        equal = expr.values_equal(p, g)
+        if equal is None:
+            equal = expr.polynomials_equal(p, g)
+        return bool(equal)
     if not (p_sequence and g_sequence):
         return False
     p_kind, p_items = p_sequence
@@ -995,6 +996,22 @@ def _sequence(s):
     return kind, [_normalize(part) for part in parts]
 
 
+def _decimal_comma(pred, answer, response):
+    """pred with a decimal comma read as a point (3,5 -> 3.5) when it is a DECIMAL_COMMA_NUMBER, the
+    reference is no list, and the response's last REACH characters show a language that writes
+    decimal commas (DECIMAL_COMMA_TEXT), or it is a DECIMAL_COMMA_PLAIN and the reference a
+    DECIMAL (3,75 against 3.75); else pred."""
+    p = _normalize(pred)
+    if not re.fullmatch(DECIMAL_COMMA_NUMBER, p):
+        return pred
+    g = _normalize(str(answer))
+    in_language = _sequence(g) is None and DECIMAL_COMMA_TEXT.search(response[-REACH:])
+    plain = re.fullmatch(DECIMAL_COMMA_PLAIN, p) and re.fullmatch(DECIMAL, g)
+    if in_language or plain:
+        return p.replace(",", ".")
+    return pred
+
+
 def reward(response, answer, options=None):
     """1.0 if the response's extracted answer is equivalent to `answer`, else 0.0. Never raises:
     extract_with_rule and is_equivalent (which the tests call) do, and an odd response must cost its
@@ -1003,11 +1020,7 @@ def reward(response, answer, options=None):
         choice = _choice_count(answer, options)
         pred = extract_answer(response, choice)
         if pred is not None and not choice and len(pred) <= MAX_EXPR:
-            p = _normalize(pred)
-            if (re.fullmatch(DECIMAL_COMMA_NUMBER, p)
-                    and _sequence(_normalize(str(answer))) is None
-                    and DECIMAL_COMMA_TEXT.search(response[-REACH:])):
-                pred = p.replace(",", ".")  # a decimal comma: 3,5 -> 3.5 (see the module docstring)
+            pred = _decimal_comma(pred, answer, response)
         return float(pred is not None and is_equivalent(pred, answer, options))
     except Exception:  # odd text must cost a reward, never a training run
         return 0.0
@@ -1015,8 +1028,8 @@ def reward(response, answer, options=None):
 
 # ----------------------------------------------------------------------------- command line
 def main():
-    from cli import UserError, fail, read_jsonl  # the CLI's only import beyond the standard library
-    p = argparse.ArgumentParser(description="Score a response against a reference answer (1 or 0).")
+    from cli import ArgumentParser, UserError, fail, read_jsonl
+    p = ArgumentParser(description="Score a response against a reference answer (1 or 0).")
     p.add_argument("response", nargs="?")
     p.add_argument("answer", nargs="?")
     p.add_argument("--options", nargs="*", default=None, help="choice texts in order A, B, ...")
@@ -1030,16 +1043,18 @@ def main():
                 if "response" not in row or "answer" not in row:
                     message = f"{args.jsonl}:{n}: need a JSON object with response and answer"
                     raise UserError(message)
-                correct += reward(row["response"], str(row["answer"]), row.get("options"))
+                reference = reference_answer(row["answer"])
+                correct += reward(row["response"], reference, row.get("options"))
         except UserError as e:
             fail(str(e))
         print(f"accuracy {correct / max(total, 1):.4f} ({int(correct)}/{total})")
         return
     if args.response is None or args.answer is None:
         p.error("give RESPONSE ANSWER, or --jsonl FILE")
-    pred, rule = extract_with_rule(args.response, _choice_count(args.answer, args.options))
-    print(int(reward(args.response, args.answer, args.options)))
-    print(f"extracted {pred!r} by rule {rule}; reference {args.answer!r}")
+    reference = reference_answer(args.answer)
+    pred, rule = extract_with_rule(args.response, _choice_count(reference, args.options))
+    print(int(reward(args.response, reference, args.options)))
+    print(f"extracted {pred!r} by rule {rule}; reference {reference!r}")
 
 
 if __name__ == "__main__":
