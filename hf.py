@@ -76,7 +76,7 @@ def safetensors_problem(path):
         try:
             header = json.loads(f.read(header_len))
             ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return "its header is not valid"
     needed = 8 + header_len + max(ends, default=0)
     if size < needed:

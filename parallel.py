@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_leaves
 
 
@@ -152,6 +153,13 @@ def reshard(model):
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
+
+
+def local_shard(param):
+    """This rank's part of a parameter: the local tensor of a DTensor (FSDP2), else the tensor."""
+    if isinstance(param, DTensor):
+        return param.to_local()
+    return param
 
 
 def all_reduce_sum(values, device):

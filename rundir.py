@@ -157,6 +157,7 @@ def keep_lines_before(path, start):
     if not path.exists():
         return []
     lines = path.read_text().splitlines(keepends=True)
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
     kept = []
     records = []
     for n, line in enumerate(lines, 1):
@@ -166,7 +167,7 @@ def keep_lines_before(path, start):
             record = json.loads(line)
             step = record["step"]
         except (ValueError, KeyError, TypeError):
-            if n < len(lines):
+            if n < last:
                 raise UserError(f"--resume: {path}:{n} is damaged (not a metrics line); "
                                 "remove that line and resume again") from None
             print(f"--resume: {path}:{n}, a line cut short, dropped ({len(line)} characters)")

@@ -520,10 +520,13 @@ def main():
     images = [check_image("--image", os.getcwd(), path, True)[0] for path in args.image]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     proc, config, _ = load_spec(args.checkpoint, args.trust_remote_code)
-    with_images = [r["where"] for r in rows or [] if r["images"]]
-    if (images or with_images) and not is_vision_model(config):
-        where = (with_images or ["--image"])[0]
-        raise UserError(f"{where}: an image, but {args.checkpoint} is a text-only model")
+    if not is_vision_model(config):
+        if images:
+            raise UserError(f"--image, but {args.checkpoint} is a text-only model")
+        image_rows = [r["where"] for r in rows or [] if r["images"]]
+        if image_rows:
+            raise UserError(f"{image_rows[0]}: a row with images, but {args.checkpoint} is a "
+                            "text-only model")
     model = load_weights(config, args.checkpoint, trust_remote_code=args.trust_remote_code,
                          dtype="auto")
     model = model.to(device).eval()

@@ -37,7 +37,7 @@ from cli import UserError, entry_point
 from flags import check_args, parse_args
 from logprobs import in_chunks, response_hidden, response_logprobs, token_scores, unflatten
 from memory import gen_batch_size
-from parallel import all_reduce_sum, gathered
+from parallel import all_reduce_sum, gathered, local_shard
 from rlsd import group_advantages, lam_schedule, leaked, policy_loss, rlsd_token_advantages
 from sample import generate, left_pad
 from verify import reward
@@ -242,7 +242,7 @@ def check_weights_finite(model, device):
     """UserError on every rank if any weight is NaN or inf after the optimizer step: the next
     rollout would sample from NaN probabilities. A finite loss and gradient do not rule it out
     (AdamW's decoupled weight decay alone blows the weights up at --lr 1e30)."""
-    shards = [getattr(p, "_local_tensor", p) for p in model.parameters()]  # this rank's shards
+    shards = [local_shard(p) for p in model.parameters()]
     finite = torch.stack([torch.isfinite(shard).all() for shard in shards]).all()
     bad_ranks = all_reduce_sum([float(not finite.item())], device)[0]
     if bad_ranks:
@@ -250,6 +250,7 @@ def check_weights_finite(model, device):
                         "--lr (or --weight_decay); the earlier checkpoints are as they were")
 
 
+@torch.no_grad()
 def update_batch(roll, adv, images, G, teacher_prompts=None):
     """The update's rows: each prompt repeated for its G responses, with their advantages [N].
     teacher_prompts (ids, mask) [B, P'], for OPSD, which scores each response under its teacher
