@@ -159,9 +159,9 @@ def load_weights(config, path, **kwargs):
 
 
 def first_line(error):
-    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    """The first sentence of an exception's message (at most 200 characters), or its type's name."""
     lines = str(error).strip().splitlines() or [type(error).__name__]
-    return lines[0][:200]
+    return lines[0].split(". ")[0][:200]
 
 
 def saved_dtype(config):

@@ -1213,6 +1213,7 @@ VERIFY_TABLE = [
     ("80. Hmm, I'm not sure about that.", "80", None, 0),
     ("1. Add the ones digits.\n2. Add the tens digits.\n3. Combine the results.", "1", None, 0),
     ("2. The second step is to carry the one.", "2", None, 0),
+    ("2. Step one: carry the one.", "2", None, 0),  # "Step" too, capitalised
     # hedges inside an "answer is" sentence, self-corrections after it
     ("I guess the answer is 80.", "80", None, 0),
     ("The answer is probably 80.", "80", None, 0),
@@ -2584,6 +2585,8 @@ def test_held_out_questions_never_appear_in_training(monkeypatch):
     train_rows, held = toy.task_data("small", 500, 5, 0)
     assert len(held) == 5 and not {r["question"] for r in train_rows} & {r["question"] for r in held}
     assert len({r["question"] for r in train_rows}) == 4  # 9 questions, 5 held out
+    with pytest.raises(UserError, match="--task small: 9 held-out questions leave too few"):
+        toy.task_data("small", 500, 10, 0)  # all 9 held out: an error, not an endless search
 
 
 def test_pairs_cold_start_teaches_the_format_and_copying_not_the_task():
@@ -3330,6 +3333,11 @@ def write_inputs(d):
     rows("thin.jsonl", {"question": "q", "answer": "1", "image": "thin.png"})
     rows("image_row.jsonl", {"question": "q", "answer": "1", "image": "ok.png"})
     rows("text.jsonl", *[{"question": f"{i} + 1?", "answer": str(i + 1)} for i in range(40)])
+    rows("no_question.jsonl", {"question": "q", "answer": "1"}, {"answer": "2"})
+    rows("outside.jsonl", {"question": "q", "answer": "1", "image": "../outside.png"})
+    rows("empty_box.jsonl", {"question": "q", "answer": "\\boxed{}"})
+    (d / "latin1.jsonl").write_bytes(b'{"question": "caf\xe9", "answer": "1"}\n')
+    (d / "a_file").write_text("not a directory")
     (d / "deep.jsonl").write_text('{"question": ' + "[" * 100000 + "]" * 100000 + "}\n")
     (d / "deep_metrics").mkdir()
     (d / "deep_metrics" / "metrics.jsonl").write_text((d / "deep.jsonl").read_text())
@@ -3404,6 +3412,17 @@ BAD_INPUTS = [
     ("sample-eval-image-rows", "sample.py {run}/final --eval {d}/image_row.jsonl", None),
     ("sample-response-no-heatmap", "sample.py {run}/final q --response 5", None),
     ("sample-weights-cut", "sample.py {run}/final q", "weights-cut"),
+    # older ones
+    ("data-no-question", "train.py --data {d}/no_question.jsonl", None),
+    ("data-not-utf8", "train.py --data {d}/latin1.jsonl", None),
+    ("data-image-outside", "train.py --data {d}/outside.jsonl --model tiny-vl", None),
+    ("data-empty-boxed-answer", "train.py --data {d}/empty_box.jsonl", None),
+    ("out-is-a-file", "train.py --out {d}/a_file/run", None),
+    ("out-holds-a-run", "train.py --out {run}", None),
+    ("resume-and-overwrite", "train.py --resume --overwrite --out {run}", None),
+    ("resume-nothing-saved", "train.py --resume --out {d}", None),
+    ("sample-not-a-model", "sample.py {d} q", None),
+    ("verify-no-arguments", "verify.py", None),
 ]
 NEW_RUN = {"weights-non-finite"}  # a run that starts, then stops: its --out is new
 

@@ -92,10 +92,15 @@ def task_data(task, n_train, n_eval, seed):
         row = make(rng)
         held[question_key(row)] = row
     train = []
-    while len(train) < n_train:
+    for _ in range(100 * n_train):  # tries: the held-out rows may leave few questions, or none
+        if len(train) >= n_train:
+            break
         row = make(rng)
         if question_key(row) not in held:
             train.append(row)
+    if len(train) < n_train:
+        raise UserError(f"--task {task}: {len(held)} held-out questions leave too few for "
+                        "training: lower --eval_size")
     return train, list(held.values())
 
 

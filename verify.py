@@ -29,7 +29,7 @@ never closed means no answer yet (rule unclosed_think). Then the first of these 
   5. leading_value (not for multiple choice; a text of at most REACH characters): an opening plain
      number, bold or not, then "." or "!" and a space, or a line end, and more text ("80. To get
      this, I added 51 and 29."). Not when the text has a numbered-list line or the word "step" or
-     "steps" anywhere, nor when a HEDGE_NUMBER, a CORRECTION or a TAKEBACK follows the number.
+     "steps" (any case) anywhere, nor when a HEDGE_NUMBER, a CORRECTION or a TAKEBACK follows the number.
   6. math_only: the content of the whole text, else of its last line, when that is exactly one
      MATH_ONLY span ($...$, $$...$$, \\[...\\], \\(...\\)) with no other delimiter inside; not when
      the content is bare ARITHMETIC of plain numbers ("51 + 29").
@@ -133,7 +133,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?؟])\s+|(?<=[。！？])|\n")
 BRACES = re.compile(r"\{+|\}+")
 # "80. To get this, ...": an opening number (bold or not) ending its sentence or line (rule 5)
 LEADING = re.compile(r"\s*(\**)(-?\d[\d,]*(?:\.\d+)?%?)\1\s*(?:[.!]\s+|\n)(?=\S)")
-STEPS = r"\n\s*\d+[.)]\s|\bsteps?\b"  # a numbered list or "step(s)": no leading answer
+STEPS = r"(?i)\n\s*\d+[.)]\s|\bsteps?\b"  # a numbered list or "step(s)": no leading answer
 LEADING_CHOICE = r"\s*(?:\*\*)?\(?([A-Z])(?:\)|\.|:|\*\*)(?=\s|$)"  # "B.", "(B)", "B:", "**B**"
 AFTER_COPULA = r"(?i).*\b(?:is|are|equals|was)\s+(.+)"  # "The volume is 120" -> "120"
 
