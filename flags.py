@@ -43,7 +43,8 @@ TINY_VL = dict(TOY, lr=5e-4, prompts_per_step=32, eval_size=128, steps=150, warm
 
 def parse_args(argv=None, description=None):
     """The flags of argv (default: sys.argv); description: what --help prints above them."""
-    p = ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--model", default=None,
       help="local dir or org/name hub id (a VLM if its config has a vision config); default: a "

@@ -29,7 +29,8 @@ never closed means no answer yet (rule unclosed_think). Then the first of these 
   5. leading_value (not for multiple choice; a text of at most REACH characters): an opening plain
      number, bold or not, then "." or "!" and a space, or a line end, and more text ("80. To get
      this, I added 51 and 29."). Not when the text has a numbered-list line or the word "step" or
-     "steps" (any case) anywhere, nor when a HEDGE_NUMBER, a CORRECTION or a TAKEBACK follows the number.
+     "steps" (any case) anywhere, nor when a HEDGE_NUMBER, a CORRECTION or a TAKEBACK follows the
+     number.
   6. math_only: the content of the whole text, else of its last line, when that is exactly one
      MATH_ONLY span ($...$, $$...$$, \\[...\\], \\(...\\)) with no other delimiter inside; not when
      the content is bare ARITHMETIC of plain numbers ("51 + 29").
