@@ -3470,8 +3470,8 @@ def bad_input_problem(case, command, damage, d, trained_run):
     if res.returncode != 2 or not ends_with_it or "Traceback" in res.stderr:
         return f"{case}: exit {res.returncode}, stderr:\n{res.stderr[-3000:]}"
     after = tree(d)
-    if case in NEW_RUN:
-        after = {k: v for k, v in after.items() if not k.startswith("out")}
+    if case in NEW_RUN:  # the run's own --out is new
+        after = {k: v for k, v in after.items() if k != "out" and not k.startswith("out/")}
     if after != before:
         changed = sorted(set(after.items()) ^ set(before.items()))
         return f"{case}: changed {[name for name, _ in changed]}"
