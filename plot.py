@@ -141,22 +141,22 @@ def plot_area(x0, y0):
     return left, top, right, bottom
 
 
-def draw_panel(draw, x0, y0, key, lines):
-    """One panel at (x0, y0): key as title, ticked axes, and the lines or "no data".
+def draw_panel(draw, x0, y0, title, lines):
+    """One panel at (x0, y0): its title, ticked axes, and the lines or "no data".
 
-    lines: [(colour, steps, values, markers)], markers True to draw a dot at each point."""
+    lines: [(colour, steps, values, markers, width)], markers True to draw a dot at each point, in
+    the order drawn (the last on top)."""
     title_font = font(14)
     left, top, right, bottom = plot_area(x0, y0)
-    title = drawable(key, title_font)
-    draw.text((x0 + PANEL_W / 2, y0 + 8), title, font=title_font, fill="black", anchor="ma")
+    draw.text((x0 + PANEL_W / 2, y0 + 8), drawable(title, title_font), font=title_font, fill="black", anchor="ma")
     draw.text(((left + right) / 2, bottom + 24), "step", font=font(12), fill=AXES, anchor="ma")
     if not lines:
         draw.rectangle((left, top, right, bottom), outline=AXES)
         centre = ((left + right) / 2, (top + bottom) / 2)
         draw.text(centre, "no data", font=title_font, fill=AXES, anchor="mm")
         return
-    xlo, xhi = limits([x for _, xs, _, _ in lines for x in xs])
-    ylo, yhi = limits([y for _, _, ys, _ in lines for y in ys])
+    xlo, xhi = limits([x for _, xs, _, _, _ in lines for x in xs])
+    ylo, yhi = limits([y for _, _, ys, _, _ in lines for y in ys])
 
     def px(x):
         """The image x of a step."""
@@ -168,8 +168,8 @@ def draw_panel(draw, x0, y0, key, lines):
 
     draw_grid(draw, (left, top, right, bottom), nice_ticks(xlo, xhi, integer=True), px,
               nice_ticks(ylo, yhi), py)
-    for colour, xs, ys, markers in lines:
-        draw_line(draw, colour, [(px(x), py(y)) for x, y in zip(xs, ys)], markers)
+    for colour, xs, ys, markers, width in lines:
+        draw_line(draw, colour, [(px(x), py(y)) for x, y in zip(xs, ys)], markers, width)
 
 
 def draw_grid(draw, area, xticks, px, yticks, py):
@@ -191,13 +191,14 @@ def draw_grid(draw, area, xticks, px, yticks, py):
     draw.rectangle(area, outline=AXES)
 
 
-def draw_line(draw, colour, points, markers):
+def draw_line(draw, colour, points, markers, width=2):
     """A run's line through `points` (image coordinates), with a dot at each if markers or alone."""
     if len(points) > 1:
-        draw.line(points, fill=colour, width=2, joint="curve")
+        draw.line(points, fill=colour, width=width, joint="curve")
     if markers or len(points) == 1:
+        r = width + 1  # the dot's radius
         for x, y in points:
-            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
 
 
 def legend_layout(labels, width):
@@ -226,7 +227,8 @@ def draw_legend(draw, anchors, colours):
 
 
 def panel_lines(runs, key, colours, smooth):
-    """The lines of one key's panel: (colour, steps, values, markers) of each run that has the key.
+    """The lines of one key's panel: (colour, steps, values, markers, width) of each run that has
+    the key.
 
     A sparse key (in at most half of a run's records) gets markers."""
     lines = []
@@ -234,7 +236,7 @@ def panel_lines(runs, key, colours, smooth):
         steps, values = series(records, key, smooth)
         if steps:
             sparse = 2 * len(steps) <= len(records)
-            lines.append((colours[label], steps, values, sparse))
+            lines.append((colours[label], steps, values, sparse, 2))
     return lines
 
 
@@ -254,6 +256,67 @@ def draw_curves(runs, keys, path, smooth=0):
         x0 = (i % cols) * PANEL_W
         y0 = legend_h + (i // cols) * PANEL_H
         draw_panel(draw, x0, y0, key, panel_lines(runs, key, colours, smooth))
+    img.save(path, format="PNG")
+    return path
+
+
+def pale(rgb, amount=0.55):
+    """rgb mixed with white: amount 0 is rgb, 1 is white."""
+    return tuple(round(c + amount * (255 - c)) for c in rgb)
+
+
+def mean_series(seeds, key, smooth=0):
+    """(steps, values) of the mean over seeds of `key`, at the steps every seed has."""
+    per_step = {}
+    for records in seeds:
+        for step, value in zip(*series(records, key, smooth)):
+            per_step.setdefault(step, []).append(value)
+    steps = [step for step, values in sorted(per_step.items()) if len(values) == len(seeds)]
+    return steps, [statistics.fmean(per_step[step]) for step in steps]
+
+
+def seed_lines(groups, key, colours, smooth):
+    """One key's panel lines for groups = {label: [records of each seed]}: a thin pale line per
+    seed, then (on top) the seed mean in bold. A sparse key gets markers and no smoothing."""
+    thin = []
+    bold = []
+    for label, seeds in groups.items():
+        dense = [records for records in seeds if series(records, key)[0]]
+        if not dense:
+            continue
+        sparse = all(2 * len(series(r, key)[0]) <= len(r) for r in dense)
+        window = 0 if sparse else smooth
+        for records in dense:
+            steps, values = series(records, key, window)
+            thin.append((pale(colours[label]), steps, values, sparse, 1))
+        steps, values = mean_series(dense, key, window)
+        if steps:
+            bold.append((colours[label], steps, values, sparse, 3))
+    return thin + bold
+
+
+def draw_seed_curves(groups, keys, path, smooth=0, note="", titles=None):
+    """PNG at `path` of groups = {label: [records of each seed]}: one panel per key (two columns),
+    a thin line per seed and the seed mean bold, one colour per label; dense keys (one value a
+    step) as the trailing mean of `smooth` steps. `note` is drawn under the legend; titles: {key:
+    panel title} (default: the key). Returns path."""
+    titles = titles or {}
+    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(groups)}
+    cols = min(2, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    anchors, legend_h = legend_layout(groups, cols * PANEL_W)
+    note_h = LEGEND_ROW if note else 0
+    img = Image.new("RGB", (cols * PANEL_W, legend_h + note_h + rows * PANEL_H), "white")
+    draw = ImageDraw.Draw(img)
+    draw_legend(draw, anchors, colours)
+    if note:
+        draw.text((LEGEND_X, legend_h + LEGEND_ROW / 2), drawable(note, font(13)), font=font(13),
+                  fill=AXES, anchor="lm")
+    for i, key in enumerate(keys):
+        x0 = (i % cols) * PANEL_W
+        y0 = legend_h + note_h + (i // cols) * PANEL_H
+        title = titles.get(key, key)
+        draw_panel(draw, x0, y0, title, seed_lines(groups, key, colours, smooth))
     img.save(path, format="PNG")
     return path
 

@@ -1,8 +1,8 @@
-"""The run directory (--out): metrics.jsonl, args.json, credit.jsonl, checkpoint-N/ and final/;
-resuming a stopped run, and stopping on a signal. The loop sees one object, `Run`: built before the
-first step (a new run, or a stopped one restored), told where each step begins and ends, and at the
-end `finish()`. Run owns every piece of resumable state: the data order still to use, the count of
-non-finite steps in a row, the metrics line awaiting its held-out accuracy, the RNG states.
+"""The run directory (--out): metrics.jsonl, args.json, credit.jsonl, leaks.jsonl, checkpoint-N/
+and final/; resuming a stopped run, and stopping on a signal. The loop sees one object, `Run`: built
+before the first step (a new run, or a stopped one restored), told where each step begins and ends,
+and at the end `finish()`. Run owns every piece of resumable state: the data order still to use, the
+count of non-finite steps in a row, the metrics line awaiting its held-out accuracy, the RNG states.
 
 A checkpoint is a Hugging Face model directory that from_pretrained loads with no project code,
 plus in trainer/ what --resume needs: the sharded fp32 weights, optimizer state and teacher
@@ -39,10 +39,11 @@ import data
 from cli import UserError
 from hf import first_line, tokenizer_of, write_video_config
 from parallel import all_reduce_sum
-from rlsd import log_evidence_weight
+from rlsd import leaked, log_evidence_weight
 from stop import STOP, Stopped, agree, poll, store, tell_others
 
 RUN_FILES = ("metrics.jsonl", "args.json", "final")  # besides checkpoint-N: what marks a run
+LOG_FILES = ("credit.jsonl", "leaks.jsonl")  # one line per response, cut back on a resume
 STATE_KEYS = ("step", "order", "bad", "args", "id")  # what trainer/state.json must hold
 
 
@@ -230,7 +231,7 @@ class Run:
 
     def remove_earlier_run(self):
         for name in os.listdir(self.args.out):
-            if name in RUN_FILES + ("credit.jsonl",) or name.startswith("checkpoint-"):
+            if name in RUN_FILES + LOG_FILES or name.startswith("checkpoint-"):
                 path = os.path.join(self.args.out, name)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
@@ -265,7 +266,8 @@ class Run:
         if self.rank == 0:
             out = pathlib.Path(self.args.out)
             history = keep_lines_before(out / "metrics.jsonl", self.start)
-            keep_lines_before(out / "credit.jsonl", self.start)
+            for name in LOG_FILES:
+                keep_lines_before(out / name, self.start)
             for rec in history:
                 if rec.get("eval/accuracy") is not None:
                     if rec["step"] == 0:
@@ -322,6 +324,17 @@ class Run:
         delta = logp_teacher - roll["logp"]  # [N, T] against the sampler's log-probs
         write_credit(path, step, tokenizer_of(self.proc), refs, roll["resp"], roll["resp_mask"],
                      rewards, adv, delta, self.args.dump_credit)
+
+    def write_leaks(self, step, refs, texts):
+        """The step's responses that leak (rlsd.leaked: what leak/rate counts) to leaks.jsonl, rank
+        0's share of them; no file while none has."""
+        rows = [{"step": step, "question": ref["question"], "answer": ref["answer"], "response": text}
+                for ref, text in zip(refs, texts) if leaked(text)]
+        if self.rank != 0 or not rows:
+            return
+        with open(os.path.join(self.args.out, "leaks.jsonl"), "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     def end_step(self, rec, evaluate):
         """After a step's update: count a skipped update (a UserError after --max_bad_steps in a

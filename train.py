@@ -528,6 +528,7 @@ def main(argv=None):
 
             # ---- metrics, held-out accuracy when due, checkpoint / stop
             rec = step_metrics(step, roll, rewards, lam, stats, args.algo, device, times)
+            run.write_leaks(step, refs, roll["texts"])
             if run.end_step(rec, held_out):  # a stop request: every rank saved this step
                 break
             show_progress(bar, rec, args.gen_batch == "auto" and step == run.start)
