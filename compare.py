@@ -9,7 +9,7 @@ command that resumes where it stopped and writes the curves, the table and a rep
 
 Each (algo, seed) trains with train.py into OUT/ALGO-sSEED, its output in OUT/ALGO-sSEED/train.log:
 a finished run (it has final/) is skipped, a stopped one continues with --resume, so running the
-command again goes on where it stopped. --jobs runs that many at once, the cores split between them.
+command again goes on where it stopped (other settings need another --out). --jobs runs that many at once, the cores split between them.
 A real --model (a directory) runs with STUDY_FLAGS, the study's batch and budget; the built-in model
 (--model builtin) starts each seed from its own cold start (a 0-step run into OUT/cold-sSEED).
 
@@ -156,9 +156,9 @@ def watch(args, pending, running, threads, total):
             done += 1
         now = {os.path.basename(p.out): last_step(p.out) for p in running}
         if now != shown or time.time() - shown_at > PROGRESS_S:
-            steps = ", ".join(f"{name} step {step}/{args.steps}" for name, step in now.items())
+            steps = "".join(f"; {name} step {step}/{args.steps}" for name, step in now.items())
             elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - start))
-            print(f"[{elapsed}] {done}/{total} runs done; {steps}", flush=True)
+            print(f"[{elapsed}] {done}/{total} runs done{steps}", flush=True)
             shown = now
             shown_at = time.time()
 

@@ -328,9 +328,11 @@ class Run:
     def write_leaks(self, step, refs, texts):
         """The step's responses that leak (rlsd.leaked: what leak/rate counts) to leaks.jsonl, rank
         0's share of them; no file while none has."""
+        if self.rank != 0:
+            return
         rows = [{"step": step, "question": r["question"], "answer": r["answer"], "response": text}
                 for r, text in zip(refs, texts) if leaked(text)]
-        if self.rank != 0 or not rows:
+        if not rows:
             return
         with open(os.path.join(self.args.out, "leaks.jsonl"), "a", encoding="utf-8") as f:
             for row in rows:

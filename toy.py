@@ -68,7 +68,7 @@ def add_hint(row, rng):
 
 def mul(rng):
     """What is A * B? for a two-digit A and a one-digit B: the study's task (compare.py), one that
-    SmolLM2-135M-Instruct gets right about 1 time in 7 before training. 720 questions."""
+    SmolLM2-135M-Instruct gets right 1 time in 4 to 6 before training. 720 questions."""
     a = rng.randint(10, 99)
     b = rng.randint(2, 9)
     return {"question": f"What is {a} * {b}?", "answer": str(a * b)}
