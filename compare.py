@@ -9,7 +9,8 @@ command that resumes where it stopped and writes the curves, the table and a rep
 
 Each (algo, seed) trains with train.py into OUT/ALGO-sSEED, its output in OUT/ALGO-sSEED/train.log:
 a finished run (it has final/) is skipped, a stopped one continues with --resume, so running the
-command again goes on where it stopped (other settings need another --out). --jobs runs that many at once, the cores split between them.
+command again goes on where it stopped (other settings need another --out). --jobs runs that many
+at once, the cores split between them.
 A real --model (a directory) runs with STUDY_FLAGS, the study's batch and budget; the built-in model
 (--model builtin) starts each seed from its own cold start (a 0-step run into OUT/cold-sSEED).
 

@@ -261,67 +261,6 @@ def draw_curves(runs, keys, path, smooth=0):
     return path
 
 
-def pale(rgb, amount=0.55):
-    """rgb mixed with white: amount 0 is rgb, 1 is white."""
-    return tuple(round(c + amount * (255 - c)) for c in rgb)
-
-
-def mean_series(seeds, key, smooth=0):
-    """(steps, values) of the mean over seeds of `key`, at the steps every seed has."""
-    per_step = {}
-    for records in seeds:
-        for step, value in zip(*series(records, key, smooth)):
-            per_step.setdefault(step, []).append(value)
-    steps = [step for step, values in sorted(per_step.items()) if len(values) == len(seeds)]
-    return steps, [statistics.fmean(per_step[step]) for step in steps]
-
-
-def seed_lines(groups, key, colours, smooth):
-    """One key's panel lines for groups = {label: [records of each seed]}: a thin pale line per
-    seed, then (on top) the seed mean in bold. A sparse key gets markers and no smoothing."""
-    thin = []
-    bold = []
-    for label, seeds in groups.items():
-        dense = [records for records in seeds if series(records, key)[0]]
-        if not dense:
-            continue
-        sparse = all(2 * len(series(r, key)[0]) <= len(r) for r in dense)
-        window = 0 if sparse else smooth
-        for records in dense:
-            steps, values = series(records, key, window)
-            thin.append((pale(colours[label]), steps, values, sparse, 1))
-        steps, values = mean_series(dense, key, window)
-        if steps:
-            bold.append((colours[label], steps, values, sparse, 3))
-    return thin + bold
-
-
-def draw_seed_curves(groups, keys, path, smooth=0, note="", titles=None):
-    """PNG at `path` of groups = {label: [records of each seed]}: one panel per key (two columns),
-    a thin line per seed and the seed mean bold, one colour per label; dense keys (one value a
-    step) as the trailing mean of `smooth` steps. `note` is drawn under the legend; titles: {key:
-    panel title} (default: the key). Returns path."""
-    titles = titles or {}
-    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(groups)}
-    cols = min(2, len(keys))
-    rows = math.ceil(len(keys) / cols)
-    anchors, legend_h = legend_layout(groups, cols * PANEL_W)
-    note_h = LEGEND_ROW if note else 0
-    img = Image.new("RGB", (cols * PANEL_W, legend_h + note_h + rows * PANEL_H), "white")
-    draw = ImageDraw.Draw(img)
-    draw_legend(draw, anchors, colours)
-    if note:
-        draw.text((LEGEND_X, legend_h + LEGEND_ROW / 2), drawable(note, font(13)), font=font(13),
-                  fill=AXES, anchor="lm")
-    for i, key in enumerate(keys):
-        x0 = (i % cols) * PANEL_W
-        y0 = legend_h + note_h + (i // cols) * PANEL_H
-        title = titles.get(key, key)
-        draw_panel(draw, x0, y0, title, seed_lines(groups, key, colours, smooth))
-    img.save(path, format="PNG")
-    return path
-
-
 # ---- token credit
 
 def as_floats(tokens, weights, deltas):

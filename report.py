@@ -4,11 +4,14 @@ responses that leak. Writes OUT/table.md and OUT/curves.png, and with --report P
 report PATH with its picture beside it."""
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
+
+from PIL import Image, ImageDraw
 
 import plot
 from cli import read_jsonl
@@ -29,6 +32,70 @@ LAST = 10  # the leak rate of the table: over the last 10 steps
 LEAK_SAMPLES = 6  # leaked responses shown per algorithm
 
 
+# ---- curves over seeds
+
+def pale(rgb, amount=0.55):
+    """rgb mixed with white: amount 0 is rgb, 1 is white."""
+    return tuple(round(c + amount * (255 - c)) for c in rgb)
+
+
+def mean_series(seeds, key, smooth=0):
+    """(steps, values) of the mean over seeds of `key`, at the steps every seed has."""
+    per_step = {}
+    for records in seeds:
+        for step, value in zip(*plot.series(records, key, smooth)):
+            per_step.setdefault(step, []).append(value)
+    steps = [step for step, values in sorted(per_step.items()) if len(values) == len(seeds)]
+    return steps, [statistics.fmean(per_step[step]) for step in steps]
+
+
+def seed_lines(groups, key, colours, smooth):
+    """One key's panel lines for groups = {label: [records of each seed]}: a thin pale line per
+    seed, then (on top) the seed mean in bold. A sparse key gets markers and no smoothing."""
+    thin = []
+    bold = []
+    for label, seeds in groups.items():
+        dense = [records for records in seeds if plot.series(records, key)[0]]
+        if not dense:
+            continue
+        sparse = all(2 * len(plot.series(r, key)[0]) <= len(r) for r in dense)
+        window = 0 if sparse else smooth
+        for records in dense:
+            steps, values = plot.series(records, key, window)
+            thin.append((pale(colours[label]), steps, values, sparse, 1))
+        steps, values = mean_series(dense, key, window)
+        if steps:
+            bold.append((colours[label], steps, values, sparse, 3))
+    return thin + bold
+
+
+def draw_seed_curves(groups, keys, path, smooth=0, note="", titles=None):
+    """PNG at `path` of groups = {label: [records of each seed]}: one panel per key (two columns),
+    a thin line per seed and the seed mean bold, one colour per label; dense keys (one value a
+    step) as the trailing mean of `smooth` steps. `note` is drawn under the legend; titles: {key:
+    panel title} (default: the key). Returns path."""
+    titles = titles or {}
+    colours = {label: plot.PALETTE[i % len(plot.PALETTE)] for i, label in enumerate(groups)}
+    cols = min(2, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    anchors, legend_h = plot.legend_layout(groups, cols * plot.PANEL_W)
+    note_h = plot.LEGEND_ROW if note else 0
+    img = Image.new("RGB", (cols * plot.PANEL_W, legend_h + note_h + rows * plot.PANEL_H), "white")
+    draw = ImageDraw.Draw(img)
+    plot.draw_legend(draw, anchors, colours)
+    if note:
+        small = plot.font(13)
+        where = (plot.LEGEND_X, legend_h + plot.LEGEND_ROW / 2)
+        draw.text(where, plot.drawable(note, small), font=small, fill=plot.AXES, anchor="lm")
+    for i, key in enumerate(keys):
+        x0 = (i % cols) * plot.PANEL_W
+        y0 = legend_h + note_h + (i // cols) * plot.PANEL_H
+        title = titles.get(key, key)
+        plot.draw_panel(draw, x0, y0, title, seed_lines(groups, key, colours, smooth))
+    img.save(path, format="PNG")
+    return path
+
+
 # ---- figures of one run, then of an algorithm's seeds
 
 def accuracies(records):
@@ -44,7 +111,7 @@ def step_values(records, key):
 
 def mean_accuracy_curve(seeds):
     """[(step, mean accuracy over seeds)] at the steps every seed evaluated."""
-    steps, values = plot.mean_series(seeds, ACCURACY)
+    steps, values = mean_series(seeds, ACCURACY)
     return list(zip(steps, values))
 
 
@@ -217,7 +284,7 @@ def write(args, runs, train_flags, wall_s):
         f.write(f"{setting}\n\n{rows}\n")
     note = (f"{len(seeds)} seeds: thin lines, their mean bold; dense curves as the mean of the "
             f"last {SMOOTH} steps")
-    curves = plot.draw_seed_curves(groups, CURVE_KEYS, os.path.join(args.out, "curves.png"),
+    curves = draw_seed_curves(groups, CURVE_KEYS, os.path.join(args.out, "curves.png"),
                                    smooth=SMOOTH, note=note, titles=TITLES)
     cpu_s = cpu_hours(args.out)
     print(f"{setting}\n\n{rows}\n\ncurves: {curves}")
@@ -226,7 +293,7 @@ def write(args, runs, train_flags, wall_s):
     if not args.report:
         return
     png = args.report[:-len(".md")] + ".png"
-    plot.draw_seed_curves(groups, CURVE_KEYS, png, smooth=SMOOTH, note=note, titles=TITLES)
+    draw_seed_curves(groups, CURVE_KEYS, png, smooth=SMOOTH, note=note, titles=TITLES)
     claims = []
     if "opsd" in figures:
         claims.append(opsd_claim(figures["opsd"]))

@@ -2764,14 +2764,15 @@ def test_smollm2_finds_the_package_folder_without_importing_it(tmp_path, monkeyp
 
 
 def test_seed_curves_draw_each_seed_thin_and_their_mean_bold():
-    """seed_lines: one pale line per seed, then the bold mean at the steps every seed has."""
+    """report.seed_lines: one pale line per seed, then the bold mean at the steps every seed has."""
+    import report
     seeds = [[{"step": s, "x": float(s)} for s in range(4)],
              [{"step": s, "x": float(s) + 2} for s in range(3)]]
-    lines = plot.seed_lines({"a": seeds}, "x", {"a": (0, 0, 0)}, smooth=0)
+    lines = report.seed_lines({"a": seeds}, "x", {"a": (0, 0, 0)}, smooth=0)
     assert [width for *_, width in lines] == [1, 1, 3]
     colour, steps, values, sparse, width = lines[-1]
     assert colour == (0, 0, 0) and steps == [0, 1, 2] and values == [1.0, 2.0, 3.0]
-    assert lines[0][0] == plot.pale((0, 0, 0)) != (0, 0, 0)
+    assert lines[0][0] == report.pale((0, 0, 0)) != (0, 0, 0)
 
 
 # ----------------------------------------------------------------------------- flags and behaviours of the loop
